@@ -1,0 +1,118 @@
+"""Built-in presets: a named model family, its reference config and the export capacities.
+
+Configs are plain dicts of transformers config arguments, so this module imports neither
+torch nor transformers; the family adapter turns them into reference models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.errors import EdgeError
+
+# Byte-level text vocabulary used by presets without a checkpoint tokenizer:
+# ids 0..255 are UTF-8 bytes, then the special tokens below.
+BYTE_VOCAB = {"bos": 256, "eos": 257, "pad": 258, "audio": 259, "audio_eos": 260}
+BYTE_VOCAB_SIZE = 264
+
+TINY_MIMI: dict[str, Any] = {
+    "sampling_rate": 24000,
+    "hidden_size": 32,
+    "num_filters": 8,
+    "upsampling_ratios": [8, 6, 5, 4],
+    "codebook_size": 64,
+    "codebook_dim": 16,
+    "vector_quantization_hidden_dimension": 16,
+    "num_quantizers": 8,
+    "num_semantic_quantizers": 1,
+    "upsample_groups": 32,
+    "num_hidden_layers": 2,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 8,
+    # Small on purpose: tests then run past the window and exercise the ring-buffer KV cache.
+    "sliding_window": 8,
+}
+
+TINY_CSM: dict[str, Any] = {
+    "num_codebooks": 8,
+    "vocab_size": 64 + 3,  # codebook_size + 3 (CSM keeps 2048 + 3 for the real model)
+    "codebook_pad_token_id": 64 + 2,
+    "codebook_eos_token_id": 0,
+    "text_vocab_size": BYTE_VOCAB_SIZE,
+    "pad_token_id": BYTE_VOCAB["pad"],
+    "bos_token_id": BYTE_VOCAB["bos"],
+    "audio_token_id": BYTE_VOCAB["audio"],
+    "audio_eos_token_id": BYTE_VOCAB["audio_eos"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+    "depth_decoder_config": {
+        "num_codebooks": 8,
+        "backbone_hidden_size": 64,
+        "vocab_size": 64 + 3,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 9,
+    },
+    "codec_config": TINY_MIMI,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str
+    description: str
+    config: dict[str, Any]
+    # Random weights are drawn with this seed when no checkpoint is given.
+    seed: int = 0
+    # Export capacities: fixed shapes of the prompt and of the KV caches.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "csm-tiny",
+            "csm",
+            "Tiny CSM-shaped model with a tiny Mimi-shaped codec, seeded random weights "
+            "(default; exports and runs in seconds; babbles).",
+            TINY_CSM,
+            options={"prompt_capacity": 64, "kv_capacity": 192},
+        ),
+        Preset(
+            "csm-1b",
+            "csm",
+            "Sesame CSM-1B shapes (Llama-1B backbone, 32 codebooks, Mimi at 24 kHz / 12.5 Hz); "
+            "random weights unless --checkpoint gives the real ones.",
+            {},  # transformers' CsmConfig defaults are the CSM-1B shapes
+            options={"prompt_capacity": 128, "kv_capacity": 512},
+        ),
+        Preset("mimi", "mimi", "Kyutai Mimi codec, real config (24 kHz, 12.5 Hz, 32 codebooks).", {}),
+        Preset("mimi-tiny", "mimi", "Tiny Mimi-shaped codec with seeded random weights.", TINY_MIMI),
+    ]
+}
+
+DEFAULT_PRESET = "csm-tiny"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise EdgeError(
+            f"unknown preset '{name}'; known presets: {', '.join(PRESETS)} "
+            "(or pass --checkpoint DIR for a local Hugging Face checkpoint)"
+        ) from None

@@ -1,0 +1,73 @@
+"""The graph contract every family adapter speaks (see DESIGN.md, "The graphs").
+
+A family adapter turns one reference model into a few `Graph`s. Each graph is a plain
+`nn.Module` whose `forward` takes its `inputs` in order, followed by its `state` tensors in
+order, and returns a tuple of its `outputs` in order followed by the new `state` tensors in
+the same order. Nothing is hidden inside the module between calls: a streaming module's
+caches and convolution tails travel in and out as tensors, with fixed shapes, starting from
+zeros. That makes every graph exportable as-is to ONNX and ExecuTorch and drivable by one
+runtime loop.
+
+State named in `state` is carried by the runtime from one call to the next. A graph may also
+*produce* another graph's state (``lm_prefill`` produces the KV cache ``lm_step`` carries): it
+lists it in `outputs` and the manifest's `state_from` says which graph consumes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "int64": torch.int64}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and dtype of one graph input, output or state tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=DTYPES[self.dtype])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class Graph:
+    """One exportable graph: a module plus the specs of what goes in and out of it."""
+
+    name: str
+    module: nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    state: list[TensorSpec] = field(default_factory=list)
+    # Example values for `inputs` (state examples are zeros); used for export tracing.
+    example_inputs: tuple[torch.Tensor, ...] = ()
+
+    def example_args(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.example_inputs) + tuple(s.zeros() for s in self.state)
+
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs] + [s.name for s in self.state]
+
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs] + [next_state_name(s.name) for s in self.state]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "state": [s.to_json() for s in self.state],
+        }
+
+
+def next_state_name(name: str) -> str:
+    """Name of the output that carries state `name` into the next call."""
+    return f"{name}_next"
