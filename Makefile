@@ -1,0 +1,33 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := out/demo
+
+.PHONY: install demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	mkdir -p out
+	$(BIN)/edge export csm-tiny --backend all --out $(DEMO) --force
+	$(BIN)/edge inspect $(DEMO)
+	$(BIN)/edge -v speak "Hello from edge, running on this machine." --bundle $(DEMO) --backend onnx --out out/demo.wav
+	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle $(DEMO) --backend executorch --out out/demo-et.wav --json
+	@echo "Not built yet: quantize (issue 5), profile (issue 6), benchmarks (issue 7), a trained voice (issue 8);"
+	@echo "csm-tiny has random weights, so out/demo.wav is babble with the right shape and timing."
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) out

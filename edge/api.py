@@ -1,0 +1,93 @@
+"""The Python API; each function mirrors an `edge` command.
+
+    from edge.api import speak
+    speak("Hello there.", out="hello.wav")            # default preset, exported on first use
+    voice = Voice.load("bundle", backend="onnx")      # or drive the stream yourself
+    for chunk in voice.stream("Hello there."): ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from edge import __version__
+from edge.errors import EdgeError
+from edge.presets import DEFAULT_PRESET
+from edge.runtime.audio import check_writable, to_pcm16, write_wav
+from edge.runtime.loop import Voice
+from edge.runtime.sampler import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Voice", "SamplingConfig", "default_bundle", "speak"]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge"
+    )
+    return Path(base)
+
+
+def default_bundle(preset: str = DEFAULT_PRESET) -> Path:
+    """The cached bundle of a built-in preset, exported (all backends) on first use."""
+    path = cache_dir() / f"{preset}-{__version__}"
+    if (path / "manifest.json").is_file():
+        return path
+    try:
+        from edge.export.build import EXPORT_BACKENDS, export_bundle
+    except ImportError as e:
+        raise EdgeError(f"no --bundle given and the default voice needs exporting, which needs the export extra "
+                        f"('{e.name}' missing): pip install 'edge-codec-tts[export]', or pass --bundle") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("exporting the %s preset to %s (first use only)", preset, path)
+    export_bundle(preset, path, EXPORT_BACKENDS, force=True)
+    return path
+
+
+def speak(
+    text: str,
+    bundle: str | Path | None = None,
+    out: str | Path | None = None,
+    pcm_sink: BinaryIO | None = None,
+    backend: str = "onnx",
+    speaker: int = 0,
+    temperature: float = 0.9,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    seed: int = 0,
+    max_seconds: float = 10.0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Speak `text`: write a WAV to `out` and/or raw 16-bit PCM chunks to `pcm_sink` as they decode.
+
+    Returns the run's facts and timings (what `edge speak --json` prints).
+    """
+    if out is not None:
+        check_writable(out)
+    sampling = SamplingConfig(temperature, top_k, top_p, seed).validate()
+    voice = Voice.load(bundle if bundle is not None else default_bundle(), backend, threads)
+    stream = voice.stream(text, speaker, sampling, max_seconds)
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if pcm_sink is not None:
+            pcm_sink.write(to_pcm16(chunk))
+            pcm_sink.flush()
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if out is not None:
+        write_wav(out, audio, voice.sample_rate)
+    return {
+        "text": text,
+        "bundle": str(voice.bundle.root),
+        "out": str(out) if out is not None else None,
+        "sample_rate": voice.sample_rate,
+        "samples": int(audio.size),
+        "frames": stream.stats.frames,
+        "stats": stream.stats.to_json(),
+    }

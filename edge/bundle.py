@@ -1,0 +1,207 @@
+"""The bundle: a directory with `manifest.json`, one file per graph and backend, tokenizer files.
+
+Loading checks everything a device would trip over later: the schema, the format version,
+that every file named stays inside the bundle, exists, and has the sha256 the manifest
+records. Writing is atomic: files go to a temporary sibling directory that is renamed into
+place only when the manifest is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from edge import __version__
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKENDS = ("onnx", "executorch", "torch")
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("edge").joinpath("manifest.schema.json").read_text())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """Resolve `rel` under `root`, refusing anything that leaves the bundle."""
+    if os.path.isabs(rel):
+        raise EdgeError(f"bundle file path '{rel}' is absolute; a bundle may only name files inside itself")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise EdgeError(f"bundle file path '{rel}' escapes the bundle directory; refusing to load it")
+    return path
+
+
+@dataclass
+class Bundle:
+    """A validated bundle on disk."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def graphs(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["graphs"]
+
+    def backends(self) -> list[str]:
+        found = {b for g in self.graphs.values() for b in g["files"]}
+        if "reference" in self.manifest:
+            found.add("torch")
+        return [b for b in BACKENDS if b in found]
+
+    def require_backend(self, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise EdgeError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+        if backend not in self.backends():
+            raise EdgeError(
+                f"bundle {self.root} has no '{backend}' graphs (it was built for: "
+                f"{', '.join(self.backends())}); re-export it with --backend {backend} or pick one of those"
+            )
+
+    def graph_file(self, graph: str, backend: str) -> Path:
+        """Path of the main file of `graph` for `backend` (the first one listed)."""
+        return self.root / self.graphs[graph]["files"][backend][0]
+
+    def path(self, rel: str) -> Path:
+        return _inside(self.root, rel)
+
+    def file_bytes(self, graph: str, backend: str) -> int:
+        return sum(self.manifest["files"][f]["bytes"] for f in self.graphs[graph]["files"][backend])
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Load and validate a bundle directory; raise EdgeError with one clear line if anything is off."""
+    root = Path(path)
+    if not root.exists():
+        raise EdgeError(f"bundle '{root}' does not exist; give the directory `edge export` wrote")
+    if not root.is_dir():
+        raise EdgeError(f"bundle '{root}' is not a directory; give the directory `edge export` wrote")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise EdgeError(f"'{root}' has no {MANIFEST}; it is not an edge bundle (make one with `edge export`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeError(f"{mpath} is not valid JSON ({e}); the bundle is corrupt, re-export it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format_version"), int):
+        raise EdgeError(f"{mpath} has no integer format_version; the bundle is corrupt, re-export it")
+    version = manifest["format_version"]
+    if version != FORMAT_VERSION:
+        raise EdgeError(
+            f"bundle format_version {version} is not supported by edge {__version__} "
+            f"(it reads version {FORMAT_VERSION}); re-export the bundle with this edge"
+        )
+    try:
+        jsonschema.validate(manifest, _schema())
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise EdgeError(f"{mpath} is invalid at {where}: {e.message}; re-export the bundle") from None
+
+    listed = manifest["files"]
+    named = [f for g in manifest["graphs"].values() for files in g["files"].values() for f in files]
+    if "file" in manifest["tokenizer"]:
+        named.append(manifest["tokenizer"]["file"])
+    for rel in named:
+        if rel not in listed:
+            raise EdgeError(f"{mpath} names '{rel}' but records no sha256 for it; the bundle is corrupt")
+    for rel, meta in listed.items():
+        fpath = _inside(root, rel)
+        if not fpath.is_file():
+            raise EdgeError(f"bundle file '{rel}' is missing from {root}; re-export the bundle")
+        if verify and (fpath.stat().st_size != meta["bytes"] or sha256_file(fpath) != meta["sha256"]):
+            raise EdgeError(
+                f"bundle file '{rel}' does not match its sha256 in the manifest (tampered or corrupt); "
+                "re-export the bundle"
+            )
+    if "reference" in manifest:
+        _inside(root, manifest["reference"]["dir"])
+    return Bundle(root, manifest)
+
+
+class BundleWriter:
+    """Build a bundle in a temporary sibling directory; `commit()` renames it into place.
+
+    Used as a context manager: if the body raises, the temporary directory is removed and
+    nothing is left at the destination.
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise EdgeError(f"'{self.out}' already exists; pass --force to replace it or choose another --out")
+        parent = self.out.parent
+        if not parent.exists():
+            raise EdgeError(f"directory '{parent}' does not exist; create it or choose another --out")
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
+        except OSError as e:
+            raise EdgeError(f"cannot write to '{parent}' ({e.strerror}); choose another --out") from None
+        self.overwrite = overwrite
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, rel: str) -> Path:
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def commit(self, manifest: dict[str, Any]) -> Bundle:
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(self.tmp).as_posix()
+                files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "edge_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **manifest,
+            "files": files,
+        }
+        jsonschema.validate(manifest, _schema())
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+        log.info("wrote bundle %s (%d files)", self.out, len(files))
+        return Bundle(self.out, manifest)

@@ -1,0 +1,206 @@
+"""The `edge` command line. Every command mirrors a Python API call; errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from edge import __version__
+from edge.errors import EdgeError
+from edge.presets import DEFAULT_PRESET, PRESETS
+
+app = typer.Typer(
+    name="edge",
+    help="Export, run and inspect neural-codec language-model TTS (CSM + Mimi) for on-device use.\n\n"
+    "Typical flow: `edge export csm-tiny --out voice` writes a bundle; `edge speak 'Hello' --bundle voice "
+    "--out hello.wav` speaks with it; `edge inspect voice` shows what is inside.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)],
+                        force=True)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=float))
+
+
+@app.command()
+def export(
+    preset: Annotated[str, typer.Argument(help=f"Preset to export: {', '.join(PRESETS)}.")] = DEFAULT_PRESET,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")] = Path("bundle"),
+    backend: Annotated[str, typer.Option(help="onnx, executorch, torch (eager reference weights), a comma list, "
+                                              "or all.")] = "onnx",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Local Hugging Face checkpoint dir (config.json, safetensors, tokenizer.json)."),
+    ] = None,
+    prompt_capacity: Annotated[int | None, typer.Option(help="Max prompt tokens (static prefill shape).")] = None,
+    kv_capacity: Annotated[int | None, typer.Option(help="Backbone KV-cache positions: prompt + frames.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Export a preset (or a checkpoint) into a bundle of codec and LM graphs with explicit state.
+
+    Each graph is checked against the eager reference before the bundle is written; a failed
+    export leaves nothing behind.
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edge.export.build import export_bundle, parse_backends
+
+    options = {k: v for k, v in {"prompt_capacity": prompt_capacity, "kv_capacity": kv_capacity}.items()
+               if v is not None}
+    for k, v in options.items():
+        if v <= 0:
+            raise EdgeError(f"--{k.replace('_', '-')} must be positive, got {v}")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=as_json) as progress:
+        task = progress.add_task("export", total=None)
+        bundle = export_bundle(preset, out, parse_backends(backend), checkpoint, options, force,
+                               on_step=lambda d: progress.update(task, description=d))
+    if as_json:
+        _print_json(_summary(bundle))
+    else:
+        err.print(f"wrote [bold]{bundle.root}[/] ({', '.join(bundle.backends())}); see `edge inspect {bundle.root}`")
+
+
+def _summary(bundle) -> dict:
+    return {
+        "bundle": str(bundle.root),
+        "family": bundle.family,
+        "preset": bundle.manifest["preset"],
+        "format_version": bundle.manifest["format_version"],
+        "backends": bundle.backends(),
+        "model": bundle.model,
+        "graphs": {
+            name: {**g, "bytes": {b: bundle.file_bytes(name, b) for b in g["files"]}} for name, g in bundle.graphs.items()
+        },
+    }
+
+
+@app.command()
+def inspect(
+    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+) -> None:
+    """Validate a bundle (schema, version, paths, sha256 of every file) and show its graphs."""
+    from edge.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    summary = _summary(bundle)
+    if as_json:
+        _print_json(summary)
+        return
+    out = Console()
+    m = bundle.model
+    out.print(f"[bold]{bundle.root}[/]: {bundle.family} / {summary['preset']}, format {summary['format_version']}, "
+              f"backends {', '.join(bundle.backends())}: OK (all sha256 match)")
+    out.print(", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, (dict, list))))
+    table = Table("graph", "recipe", "bytes", "inputs", "outputs", "state")
+    fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in ts)  # noqa: E731
+    for name, g in summary["graphs"].items():
+        sizes = "\n".join(f"{b}: {n:,}" for b, n in g["bytes"].items())
+        table.add_row(name, g["recipe"], sizes, fmt(g["inputs"]), fmt(g["outputs"]), fmt(g["state"]))
+    out.print(table)
+
+
+@app.command()
+def speak(
+    text: Annotated[str, typer.Argument(help="Text to speak; '-' reads it from standard input.")],
+    bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
+                                                    f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="WAV file to write.")] = None,
+    stream: Annotated[
+        bool,
+        typer.Option("--stream", help="Write raw 16-bit mono PCM to stdout as it is decoded "
+                     "(pipe it into a player: | aplay -r 24000 -f S16_LE -c 1)."),
+    ] = False,
+    backend: Annotated[str, typer.Option(help="onnx, executorch or torch.")] = "onnx",
+    speaker: Annotated[int, typer.Option(help="Speaker id.")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.9,
+    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens; 0 = off.")] = 50,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 = off.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    max_seconds: Annotated[float, typer.Option(help="Stop after this much audio.")] = 10.0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: all cores).")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print timing and run facts as JSON (to stderr with --stream).")
+    ] = False,
+) -> None:
+    """Speak TEXT with a bundle: streaming decode, audio out chunk by chunk as frames decode."""
+    from edge.api import speak as api_speak
+
+    if out is None and not stream:
+        raise EdgeError("nowhere to put the audio; give --out FILE.wav and/or --stream")
+    if text == "-":
+        text = sys.stdin.read()
+    sink = sys.stdout.buffer if stream else None
+    result = api_speak(text, bundle=bundle_dir, out=out, pcm_sink=sink, backend=backend, speaker=speaker,
+                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
+                       threads=threads)
+    if as_json:
+        (err.print_json if stream else _print_json)(json.dumps(result, default=float) if stream else result)
+    elif not stream:
+        s = result["stats"]
+        err.print(f"wrote {out}: {s['audio_seconds']:.2f} s of audio, first audio {1000 * s['first_audio']:.0f} ms, "
+                  f"RTF {s['rtf']:.3f} ({backend})")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except EdgeError as e:
+        if _debug:
+            traceback.print_exc()
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # a bug, not a user error: still one line unless --debug
+        if _debug:
+            raise
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)

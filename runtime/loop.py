@@ -1,0 +1,219 @@
+"""The streaming decode loop, written once for every backend.
+
+text → tokens → `lm_prefill` → per frame: sample codebook 0, `depth_step` × K for the other
+codebooks, `codec_decoder` → PCM chunk yielded at once, `lm_step` to advance the backbone.
+Everything the loop needs (capacities, codebooks, end-of-speech rule, sample rate) comes from
+the bundle's manifest; the graphs come through `Session`s, so the loop never knows which
+backend it drives. It times itself as it goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from edge.runtime.sampler import Sampler, SamplingConfig
+from edge.runtime.sessions import Session, open_sessions
+from edge.runtime.tokenizers import load_tokenizer
+
+from edge.bundle import Bundle, load_bundle
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 10_000
+
+
+@dataclass
+class Stats:
+    """What the loop measured: seconds unless named otherwise."""
+
+    backend: str = ""
+    prompt_tokens: int = 0
+    frames: int = 0
+    audio_seconds: float = 0.0
+    first_audio: float = 0.0  # from the call to the first PCM chunk
+    total: float = 0.0
+    prefill: float = 0.0
+    lm: float = 0.0  # lm_step calls
+    depth: float = 0.0  # depth_step calls
+    codec: float = 0.0  # codec_decoder calls
+    stopped_by: str = ""  # "eos" or "max_frames"
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: seconds of compute per second of audio (below 1 is faster than real time)."""
+        return self.total / self.audio_seconds if self.audio_seconds else float("inf")
+
+    @property
+    def host(self) -> float:
+        """Time spent in Python between graph calls (sampling, bookkeeping)."""
+        return max(0.0, self.total - self.prefill - self.lm - self.depth - self.codec)
+
+    def per_frame_ms(self) -> dict[str, float]:
+        n = max(self.frames, 1)
+        return {k: 1000 * getattr(self, k) / n for k in ("lm", "depth", "codec", "host")}
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "rtf": self.rtf, "host": self.host, "per_frame_ms": self.per_frame_ms()}
+
+
+class _Timed:
+    """Runs sessions, adding each call's wall time to a Stats field."""
+
+    def __init__(self, stats: Stats):
+        self.stats = stats
+
+    def __call__(self, field_name: str, session: Session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        out = session.run(feeds)
+        setattr(self.stats, field_name, getattr(self.stats, field_name) + time.perf_counter() - t)
+        return out
+
+
+def _zeros(spec: dict) -> np.ndarray:
+    return np.zeros(spec["shape"], dtype=spec["dtype"])
+
+
+@dataclass
+class Stream:
+    """An iterator of float32 PCM chunks; `codes` and `stats` fill in as it runs."""
+
+    _chunks: Iterator[np.ndarray]
+    stats: Stats
+    codes: list[list[int]] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._chunks
+
+
+class Voice:
+    """A loaded bundle ready to speak: `stream()` yields audio chunks, `synthesize()` returns it whole."""
+
+    def __init__(self, bundle: Bundle, backend: str = "onnx", threads: int | None = None):
+        if bundle.family != "csm":
+            raise EdgeError(f"bundle {bundle.root} is a '{bundle.family}' codec bundle, not a voice; "
+                            "export a TTS preset such as csm-tiny to speak")
+        self.bundle, self.backend = bundle, backend
+        self.model = bundle.model
+        self.sample_rate: int = self.model["sample_rate"]
+        self.tokenizer = load_tokenizer(bundle)
+        self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
+                                      threads)
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> Voice:
+        return cls(load_bundle(path), backend, threads)
+
+    def _check(self, text: str, speaker: int, max_seconds: float) -> list[int]:
+        if not text or not text.strip():
+            raise EdgeError("text is empty; give the words to speak")
+        if len(text) > MAX_TEXT_CHARS:
+            raise EdgeError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}, split it up")
+        speakers = self.model["speakers"]
+        if not (0 <= speaker < speakers):
+            raise EdgeError(f"unknown speaker {speaker}; this voice has speakers 0..{speakers - 1}")
+        if not (max_seconds > 0 and np.isfinite(max_seconds)):
+            raise EdgeError(f"--max-seconds must be a positive number, got {max_seconds}")
+        tokens = self.tokenizer.encode(text, speaker)
+        cap = self.model["prompt_capacity"]
+        if len(tokens) > cap:
+            raise EdgeError(
+                f"text is {len(tokens)} tokens but this bundle's prompt holds at most {cap}; "
+                "shorten the text, split it into sentences, or re-export with a larger --prompt-capacity"
+            )
+        return tokens
+
+    def stream(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
+               max_seconds: float = 10.0) -> Stream:
+        """Validate everything up front, then return a lazy stream of audio chunks."""
+        tokens = self._check(text, speaker, max_seconds)
+        sampler = Sampler(sampling or SamplingConfig())
+        stats = Stats(backend=self.backend, prompt_tokens=len(tokens))
+        stream = Stream(iter(()), stats)
+        stream._chunks = self._run(tokens, sampler, max_seconds, stream)
+        return stream
+
+    def synthesize(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
+                   max_seconds: float = 10.0) -> tuple[np.ndarray, Stats]:
+        stream = self.stream(text, speaker, sampling, max_seconds)
+        chunks = list(stream)
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        return audio, stream.stats
+
+    def _run(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream) -> Iterator[np.ndarray]:
+        m, s, stats = self.model, self.sessions, stream.stats
+        call = _Timed(stats)
+        start = time.perf_counter()
+        k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
+        max_frames = min(int(max_seconds * m["frame_rate"]), cap - len(tokens))
+        if max_frames < int(max_seconds * m["frame_rate"]):
+            log.info("capped at %d frames: the KV cache holds %d positions, the prompt uses %d",
+                     max_frames, cap, len(tokens))
+
+        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)
+        padded[0, : len(tokens)] = tokens
+        out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
+        kv = out["kv"]
+        step_spec, depth_spec, dec_spec = (self.bundle.graphs[g] for g in ("lm_step", "depth_step", "codec_decoder"))
+        dec_state = {t["name"]: _zeros(t) for t in dec_spec["state"]}
+        depth_zero = {t["name"]: _zeros(t) for t in depth_spec["state"]}
+        eos, eos_span = m["eos_token"], (k - 1 if m["eos_rule"] == "all_but_last_codebook" else k)
+        pending: list[list[int]] = []
+        stats.stopped_by = "max_frames"
+
+        def decode(frames: list[list[int]]) -> np.ndarray:
+            nonlocal dec_state
+            n = len(frames)
+            codes = np.zeros((1, k, fpc), np.int64)
+            codes[0, :, :n] = np.array(frames, np.int64).T
+            o = call("codec", s["codec_decoder"], {"codes": codes, **dec_state})
+            dec_state = {name: o[f"{name}_next"] for name in dec_state}
+            return o["audio"].reshape(-1)[: n * m["samples_per_frame"]].astype(np.float32)
+
+        for frame in range(max_frames):
+            hidden = out["hidden"]
+            codes = [sample(out["logits"])]
+            depth = dict(depth_zero)
+            for p in range(k):
+                d = call("depth", s["depth_step"], {
+                    "hidden": hidden, "code": np.array([codes[-1]], np.int64),
+                    "position": np.array([p], np.int64), **depth,
+                })
+                depth = {name: d[f"{name}_next"] for name in depth}
+                if p > 0:
+                    codes.append(sample(d["logits"]))
+            stream.codes.append(codes)
+            if all(c == eos for c in codes[:eos_span]):
+                stats.stopped_by = "eos"
+                break
+            stats.frames += 1
+            pending.append(codes)
+            if len(pending) == fpc:
+                chunk = decode(pending)
+                pending = []
+                self._account(stats, chunk, start)
+                yield chunk
+            if frame + 1 < max_frames:
+                out = call("lm", s["lm_step"], {
+                    "codes": np.array([codes], np.int64), "position": np.array([len(tokens) + frame], np.int64),
+                    "kv": kv,
+                })
+                kv = out["kv_next"]
+        if pending:
+            chunk = decode(pending)
+            self._account(stats, chunk, start)
+            yield chunk
+        stats.total = time.perf_counter() - start
+        log.info("%s: %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f", self.backend, stats.frames,
+                 stats.audio_seconds, 1000 * stats.first_audio, stats.rtf)
+
+    def _account(self, stats: Stats, chunk: np.ndarray, start: float) -> None:
+        if stats.audio_seconds == 0:
+            stats.first_audio = time.perf_counter() - start
+        stats.audio_seconds += chunk.size / self.sample_rate
+        stats.total = time.perf_counter() - start

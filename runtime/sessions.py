@@ -1,0 +1,112 @@
+"""Backend sessions: one thin class per backend, all with the same `run(feeds) -> outputs` call.
+
+Arrays in and out are numpy; names follow the manifest (inputs, then state; outputs, then
+`<state>_next`). Only the ONNX session is importable without torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+
+class Session(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _names(spec: dict) -> tuple[list[str], list[str]]:
+    inputs = [t["name"] for t in spec["inputs"]] + [t["name"] for t in spec["state"]]
+    outputs = [t["name"] for t in spec["outputs"]] + [f"{t['name']}_next" for t in spec["state"]]
+    return inputs, outputs
+
+
+class OnnxSession:
+    def __init__(self, path: str, spec: dict, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.input_names, self.output_names = _names(spec)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self._sess.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        return dict(zip(self.output_names, outs, strict=True))
+
+
+class ExecutorchSession:
+    def __init__(self, path: str, spec: dict, threads: int | None = None):
+        import torch
+        from executorch.runtime import Runtime
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._method = Runtime.get().load_program(path).load_method("forward")
+        self.input_names, self.output_names = _names(spec)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        outs = self._method.execute(args)
+        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+
+class TorchSession:
+    """The eager reference: the family adapter's graph module run by PyTorch itself."""
+
+    def __init__(self, module, spec: dict, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._module = module
+        self.input_names, self.output_names = _names(spec)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        with self._torch.inference_mode():
+            outs = self._module(*args)
+        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def open_sessions(
+    bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
+) -> dict[str, Session]:
+    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch` or `torch`)."""
+    bundle.require_backend(backend)
+    names = list(graphs) if graphs is not None else list(bundle.graphs)
+    threads = threads or default_threads()
+    if backend == "torch":
+        try:
+            from edge.export.families import reference_graphs
+        except ImportError as e:
+            raise EdgeError(f"the torch backend needs the export extra ({e.name} missing): "
+                            "pip install 'edge-codec-tts[export]'") from None
+        modules = reference_graphs(bundle)
+        return {n: TorchSession(modules[n], bundle.graphs[n], threads) for n in names}
+    cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
+    try:
+        return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], threads) for n in names}
+    except ImportError as e:
+        raise EdgeError(f"the {backend} backend needs '{e.name}', which is not installed: "
+                        "pip install 'edge-codec-tts[export]'") from None

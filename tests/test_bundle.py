@@ -1,0 +1,120 @@
+"""The bundle format: validation on load, atomic writes, and one-line CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edge.bundle import FORMAT_VERSION, BundleWriter, load_bundle
+from edge.errors import EdgeError
+from tests.helpers import edge_cli, write_small_bundle
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return write_small_bundle(tmp_path / "b")
+
+
+def _edit_manifest(path, fn):
+    m = json.loads((path / "manifest.json").read_text())
+    fn(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_valid_bundle_loads(bundle):
+    b = load_bundle(bundle)
+    assert b.backends() == ["onnx"]
+    assert b.manifest["format_version"] == FORMAT_VERSION
+    assert b.file_bytes("g", "onnx") == 150 + 200
+
+
+def test_missing_file(bundle):
+    (bundle / "g.onnx.data").unlink()
+    with pytest.raises(EdgeError, match="'g.onnx.data' is missing"):
+        load_bundle(bundle)
+
+
+def test_flipped_byte(bundle):
+    data = bytearray((bundle / "g.onnx.data").read_bytes())
+    data[17] ^= 0x01
+    (bundle / "g.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(EdgeError, match="does not match its sha256"):
+        load_bundle(bundle)
+
+
+def test_unknown_format_version(bundle):
+    _edit_manifest(bundle, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(EdgeError, match=f"format_version {FORMAT_VERSION + 1} is not supported"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("rel", ["../outside.bin", "/etc/passwd", "sub/../../outside.bin"])
+def test_path_escaping_bundle(bundle, rel):
+    (bundle.parent / "outside.bin").write_bytes(b"x")
+
+    def escape(m):
+        m["files"][rel] = {"sha256": "0" * 64, "bytes": 1}
+        m["graphs"]["g"]["files"]["onnx"].append(rel)
+
+    _edit_manifest(bundle, escape)
+    with pytest.raises(EdgeError, match="escapes the bundle|is absolute"):
+        load_bundle(bundle)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(EdgeError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+    with pytest.raises(EdgeError, match="no manifest.json"):
+        load_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(EdgeError, match="not valid JSON"):
+        load_bundle(tmp_path)
+
+
+def test_schema_violation(bundle):
+    _edit_manifest(bundle, lambda m: m["graphs"]["g"].pop("recipe"))
+    with pytest.raises(EdgeError, match="invalid at graphs/g"):
+        load_bundle(bundle)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    out = tmp_path / "half"
+    with pytest.raises(RuntimeError), BundleWriter(out) as w:
+        w.path("a.onnx").write_bytes(b"partial")
+        raise RuntimeError("export broke")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_existing_without_force(bundle):
+    with pytest.raises(EdgeError, match="already exists"):
+        BundleWriter(bundle)
+
+
+def test_cli_inspect(bundle):
+    ok = edge_cli("inspect", str(bundle), "--json")
+    assert ok.returncode == 0, ok.stderr.decode()
+    summary = json.loads(ok.stdout)
+    assert summary["graphs"]["g"]["bytes"] == {"onnx": 350}
+    assert summary["graphs"]["g"]["state"][0]["name"] == "s"
+
+    (bundle / "g.onnx").write_bytes(b"tampered")
+    bad = edge_cli("inspect", str(bundle))
+    err = bad.stderr.decode()
+    assert bad.returncode == 2
+    assert "sha256" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_inspect_missing_path(tmp_path):
+    r = edge_cli("inspect", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert r.stderr.decode().strip().startswith("error:")
+    assert "Traceback" not in r.stderr.decode()
+
+
+def test_copy_is_still_valid(bundle, tmp_path):
+    shutil.copytree(bundle, tmp_path / "copy")
+    assert load_bundle(tmp_path / "copy").backends() == ["onnx"]
