@@ -106,7 +106,8 @@ def _summary(bundle) -> dict:
         "backends": bundle.backends(),
         "model": bundle.model,
         "graphs": {
-            name: {**g, "bytes": {b: bundle.file_bytes(name, b) for b in g["files"]}} for name, g in bundle.graphs.items()
+            name: {**g, "bytes": {b: bundle.file_bytes(name, b) for b in g["files"]}}
+            for name, g in bundle.graphs.items()
         },
     }
 

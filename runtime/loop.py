@@ -162,7 +162,8 @@ class Voice:
         step_spec, depth_spec, dec_spec = (self.bundle.graphs[g] for g in ("lm_step", "depth_step", "codec_decoder"))
         dec_state = {t["name"]: _zeros(t) for t in dec_spec["state"]}
         depth_zero = {t["name"]: _zeros(t) for t in depth_spec["state"]}
-        eos, eos_span = m["eos_token"], (k - 1 if m["eos_rule"] == "all_but_last_codebook" else k)
+        eos = m["end_of_speech"]["eos_token"]
+        eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
         stats.stopped_by = "max_frames"
 
@@ -170,7 +171,10 @@ class Voice:
             nonlocal dec_state
             n = len(frames)
             codes = np.zeros((1, k, fpc), np.int64)
-            codes[0, :, :n] = np.array(frames, np.int64).T
+            # The LM's audio vocabulary has a few ids past the codebook (pad and the like): a well-trained
+            # model never emits them, a random one can; they decode as code 0 instead of crashing.
+            frame_codes = np.array(frames, np.int64).T
+            codes[0, :, :n] = np.where(frame_codes < m["codebook_size"], frame_codes, 0)
             o = call("codec", s["codec_decoder"], {"codes": codes, **dec_state})
             dec_state = {name: o[f"{name}_next"] for name in dec_state}
             return o["audio"].reshape(-1)[: n * m["samples_per_frame"]].astype(np.float32)
@@ -189,6 +193,10 @@ class Voice:
                     codes.append(sample(d["logits"]))
             stream.codes.append(codes)
             if all(c == eos for c in codes[:eos_span]):
+                # As transformers' CSM: the stopping frame is audio unless *all* its codes are eos.
+                if any(c != eos for c in codes):
+                    stats.frames += 1
+                    pending.append(codes)
                 stats.stopped_by = "eos"
                 break
             stats.frames += 1
