@@ -1,0 +1,481 @@
+"""Kyutai Mimi (transformers' `MimiModel`) as truly streaming graphs with explicit state.
+
+``codec_encoder`` turns ``F`` frames of audio into ``F`` frames of ``K`` codes, ``codec_decoder`` the
+reverse, one call at a time, and each matches the reference run over the whole sequence at once:
+
+- every causal convolution carries the last input samples it still needs (`StreamingConv1d`) and every
+  transposed convolution the overlapping tail of its output (`StreamingConvTranspose1d`);
+- the sliding-window transformers keep their keys and values in a ring buffer of ``sliding_window``
+  slots and their absolute position in a state tensor (`StreamingTransformer`).
+
+All modules wrap the reference model's submodules, so the weights are shared, not copied; only the
+codebook tables (which the reference derives from its buffers and caches) are precomputed. States are
+fixed-shape tensors starting from zeros; the graph contract is in `edge.export.graph`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+from transformers import MimiConfig, MimiModel
+from transformers.models.mimi.modeling_mimi import (
+    MimiConv1d,
+    MimiConvTranspose1d,
+    MimiResnetBlock,
+    MimiSplitResidualVectorQuantizer,
+    MimiTransformerLayer,
+    MimiTransformerModel,
+    apply_rotary_pos_emb,
+    repeat_kv,
+)
+
+from edge.errors import EdgeError
+from edge.export.families.checkpoint import load_pretrained
+from edge.export.graph import Graph, TensorSpec
+
+Shape = tuple[int, ...]
+States = list[torch.Tensor]
+
+
+class StreamingModule(nn.Module):
+    """A module run chunk by chunk: `forward(x, state) -> (y, new_state)`, state a list of tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_shapes: list[Shape] = []
+
+
+class StreamingConv1d(StreamingModule):
+    """A causal `MimiConv1d` (strided or dilated) fed chunks whose length is a multiple of its stride.
+
+    State: the last ``(kernel - 1) * dilation + 1 - stride`` input samples (none for 1x1 convs). The
+    reference left-pads the whole sequence with zeros, or with copies of its first sample when
+    ``pad_mode == "replicate"``; for the latter, pass ``first`` (a bool tensor, true on the first call).
+    """
+
+    def __init__(self, conv: MimiConv1d) -> None:
+        super().__init__()
+        if not conv.causal:
+            raise ValueError("streaming needs causal convolutions (config.use_causal_conv=True)")
+        if conv.pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"unsupported Mimi conv pad_mode '{conv.pad_mode}'")
+        self.conv = conv
+        c = conv.conv
+        self.stride: int = c.stride[0]
+        self.context: int = (c.kernel_size[0] - 1) * c.dilation[0] + 1 - self.stride
+        self.replicate = conv.pad_mode == "replicate"
+        if self.context > 0:
+            self.state_shapes = [(1, c.in_channels, self.context)]
+
+    def forward(
+        self, x: torch.Tensor, state: States, first: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, States]:
+        if self.context == 0:
+            return self.conv.conv(x), []
+        (tail,) = state
+        if self.replicate:
+            if first is None:
+                raise ValueError("a replicate-padded conv needs `first`")
+            tail = torch.where(first.reshape(1, 1, 1), x[..., :1].expand_as(tail), tail)
+        x = torch.cat([tail, x], dim=-1)
+        return self.conv.conv(x), [x[..., -self.context :]]
+
+
+class StreamingConvTranspose1d(StreamingModule):
+    """A causal `MimiConvTranspose1d` (also grouped, as Mimi's upsampling) fed chunk by chunk.
+
+    State: the ``kernel - stride`` output samples that overlap the next chunk, without bias.
+    """
+
+    def __init__(self, conv: MimiConvTranspose1d) -> None:
+        super().__init__()
+        if not (conv.causal and conv.trim_right_ratio == 1.0):
+            raise ValueError("streaming needs causal transposed convs with trim_right_ratio=1.0")
+        self.conv = conv
+        c = conv.conv
+        self.stride: int = c.stride[0]
+        self.context: int = c.kernel_size[0] - self.stride
+        if self.context > 0:
+            self.state_shapes = [(1, c.out_channels, self.context)]
+
+    def forward(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
+        c = self.conv.conv
+        y = F.conv_transpose1d(x, c.weight, None, c.stride, 0, 0, c.groups, c.dilation)
+        n = x.shape[-1] * self.stride
+        new_state: States = []
+        if self.context > 0:
+            (tail,) = state
+            y = torch.cat([y[..., : self.context] + tail, y[..., self.context :]], dim=-1)
+            new_state = [y[..., n:]]
+        y = y[..., :n]
+        if c.bias is not None:
+            y = y + c.bias[:, None]
+        return y, new_state
+
+
+class StreamingChain(StreamingModule):
+    """A sequence of layers (SEANet encoder/decoder, a residual branch) with their states in order."""
+
+    def __init__(self, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([streaming(layer) for layer in layers])
+        self.state_shapes = [
+            s for layer in self.layers if isinstance(layer, StreamingModule) for s in layer.state_shapes
+        ]
+
+    def forward(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
+        new_state: States = []
+        for layer in self.layers:
+            if isinstance(layer, StreamingModule):
+                n = len(layer.state_shapes)
+                x, s = layer(x, state[len(new_state) : len(new_state) + n])
+                new_state += s
+            else:
+                x = layer(x)
+        return x, new_state
+
+
+class StreamingResnetBlock(StreamingModule):
+    """`MimiResnetBlock`: ELU/conv residual branch plus (1x1 conv or identity) shortcut."""
+
+    def __init__(self, block: MimiResnetBlock) -> None:
+        super().__init__()
+        self.branch = StreamingChain(block.block)
+        self.shortcut = streaming(block.shortcut)
+        self.state_shapes = self.branch.state_shapes + getattr(self.shortcut, "state_shapes", [])
+
+    def forward(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
+        n = len(self.branch.state_shapes)
+        y, new_state = self.branch(x, state[:n])
+        if isinstance(self.shortcut, StreamingModule):
+            x, s = self.shortcut(x, state[n:])
+            new_state += s
+        else:
+            x = self.shortcut(x)
+        return x + y, new_state
+
+
+def streaming(layer: nn.Module) -> nn.Module:
+    """The streaming counterpart of a SEANet layer (stateless layers such as ELU are returned as is)."""
+    if isinstance(layer, MimiConv1d):
+        return StreamingConv1d(layer)
+    if isinstance(layer, MimiConvTranspose1d):
+        return StreamingConvTranspose1d(layer)
+    if isinstance(layer, MimiResnetBlock):
+        return StreamingResnetBlock(layer)
+    return layer
+
+
+class StreamingTransformer(nn.Module):
+    """`MimiTransformerModel` run on T new steps at a time with a ring-buffer KV cache.
+
+    As the reference's sliding-window mask (``q - window < k <= q``), step ``q`` sees itself and the
+    ``window - 1`` steps before it. The cache holds ``window`` slots, shaped (layers, 2, kv_heads,
+    window, head_dim) (2 = keys after RoPE, values); step ``p`` goes to slot ``p % window``. Slots
+    not yet written or out of the window are masked by position, so the cache starts as zeros.
+    """
+
+    def __init__(self, model: MimiTransformerModel) -> None:
+        super().__init__()
+        config = model.config
+        if config.rope_parameters["rope_type"] != "default":
+            raise ValueError(f"unsupported Mimi rope_type '{config.rope_parameters['rope_type']}'")
+        self.layers: nn.ModuleList = model.layers
+        self.rotary = model.rotary_emb
+        self.window: int = config.sliding_window
+        attn = model.layers[0].self_attn
+        self.heads: int = attn.num_heads
+        self.kv_heads: int = attn.num_key_value_heads
+        self.head_dim: int = attn.head_dim
+        self.kv_shape: Shape = (len(self.layers), 2, self.kv_heads, self.window, self.head_dim)
+
+    def forward(
+        self, x: torch.Tensor, kv: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (1, T, hidden) at positions pos..pos+T-1 (T <= window) -> (y, kv, pos + T)."""
+        t, w = x.shape[1], self.window
+        q_pos = pos + torch.arange(t)  # (T,)
+        slots = torch.arange(w)
+        slot_pos = pos - 1 - torch.remainder(pos - 1 - slots, w)  # latest position before `pos`; < 0: empty
+        k_pos = torch.cat([slot_pos, q_pos])
+        visible = (k_pos >= 0) & (k_pos <= q_pos[:, None]) & (k_pos > q_pos[:, None] - w)  # (T, W + T)
+        # Where this call's steps go: slot i takes new step (i - pos) % w when that is < T.
+        src = torch.remainder(slots - pos, w)
+        write = (src < t)[:, None]
+        src = src.clamp(max=t - 1)
+
+        freqs = q_pos.float()[:, None] * self.rotary.inv_freq[None, :].float()
+        emb = torch.cat([freqs, freqs], dim=-1)[None]
+        cos = (emb.cos() * self.rotary.attention_scaling).to(x.dtype)
+        sin = (emb.sin() * self.rotary.attention_scaling).to(x.dtype)
+
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            x, k, v = self._layer(layer, x, cos, sin, kv[i, 0], kv[i, 1], visible)
+            k = torch.where(write, k.index_select(1, src), kv[i, 0])
+            v = torch.where(write, v.index_select(1, src), kv[i, 1])
+            new_kv.append(torch.stack([k, v]))
+        return x, torch.stack(new_kv), pos + t
+
+    def _layer(
+        self,
+        layer: MimiTransformerLayer,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pre-norm layer; returns x and this call's keys/values (kv_heads, T, head_dim)."""
+        attn = layer.self_attn
+        t = x.shape[1]
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys = repeat_kv(torch.cat([k_cache[None], k], dim=2), attn.num_key_value_groups)
+        values = repeat_kv(torch.cat([v_cache[None], v], dim=2), attn.num_key_value_groups)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=attn.scaling)
+        o = attn.o_proj(o.transpose(1, 2).reshape(1, t, self.heads * self.head_dim))
+        x = x + layer.self_attn_layer_scale(o)
+        x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+        return x, k[0], v[0]
+
+
+class Quantizer(nn.Module):
+    """Mimi's split residual VQ (semantic codebooks, then acoustic ones) for the first K codebooks."""
+
+    def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int) -> None:
+        super().__init__()
+        n_sem = quantizer.num_semantic_quantizers
+        self.rvqs = nn.ModuleList([quantizer.semantic_residual_vector_quantizer])
+        self.counts = [min(num_codebooks, n_sem)]
+        if num_codebooks > n_sem:
+            self.rvqs.append(quantizer.acoustic_residual_vector_quantizer)
+            self.counts.append(num_codebooks - n_sem)
+        for g, (rvq, n) in enumerate(zip(self.rvqs, self.counts, strict=True)):
+            # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage.
+            tables = [
+                cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]
+                for cb in (layer.codebook for layer in rvq.layers[:n])
+            ]
+            self.register_buffer(f"tables{g}", torch.stack(tables).detach().clone(), persistent=False)
+
+    def tables(self, g: int) -> torch.Tensor:
+        return getattr(self, f"tables{g}")
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (1, K, T) int64 -> latents (1, hidden, T)."""
+        out, first = None, 0
+        for g, (rvq, n) in enumerate(zip(self.rvqs, self.counts, strict=True)):
+            tables = self.tables(g)
+            q = F.embedding(codes[:, first], tables[0])
+            for i in range(1, n):
+                q = q + F.embedding(codes[:, first + i], tables[i])
+            q = q.transpose(1, 2)
+            if rvq.output_proj is not None:
+                q = rvq.output_proj(q)
+            out = q if out is None else out + q
+            first += n
+        return out
+
+    def encode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (1, hidden, T) -> codes (1, K, T) int64 (nearest centroid, residual by residual)."""
+        codes = []
+        for g, (rvq, n) in enumerate(zip(self.rvqs, self.counts, strict=True)):
+            tables = self.tables(g)
+            residual = latents if rvq.input_proj is None else rvq.input_proj(latents)
+            residual = residual.transpose(1, 2)  # (1, T, D)
+            for i in range(n):
+                index = torch.cdist(residual, tables[i][None], p=2).argmin(dim=-1)  # (1, T)
+                residual = residual - F.embedding(index, tables[i])
+                codes.append(index)
+        return torch.stack(codes, dim=1)
+
+
+def _check(codec: MimiModel, num_codebooks: int, frames_per_call: int) -> None:
+    config = codec.config
+    if not 1 <= num_codebooks <= config.num_quantizers:
+        raise EdgeError(
+            f"num_codebooks must be 1..{config.num_quantizers} for this codec, got {num_codebooks}"
+        )
+    steps = frames_per_call * config.latent_stride
+    if not 1 <= steps <= config.sliding_window:
+        raise EdgeError(
+            f"frames_per_call must be 1..{config.sliding_window // config.latent_stride} for this codec "
+            f"(its transformer attends {config.sliding_window} steps), got {frames_per_call}"
+        )
+
+
+def samples_per_frame(config: MimiConfig) -> int:
+    return int(torch.tensor(config.upsampling_ratios).prod()) * config.latent_stride
+
+
+def _split(state: tuple[torch.Tensor, ...], sizes: list[int]) -> list[States]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(list(state[i : i + n]))
+        i += n
+    return out
+
+
+class MimiDecoderGraph(nn.Module):
+    """codes (1, K, F) -> audio (1, 1, F * samples_per_frame), streaming (graph ``codec_decoder``).
+
+    Path: dequantize -> upsample (transposed conv) -> decoder transformer -> SEANet decoder.
+    State, in order: ``dec.up``, ``dec.kv``, ``dec.pos``, then ``dec.conv{i}`` for each SEANet conv tail.
+    """
+
+    def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
+        super().__init__()
+        _check(codec, num_codebooks, frames_per_call)
+        self.quantizer = Quantizer(codec.quantizer, num_codebooks)
+        self.upsample = (
+            None if codec.decoder.upsample is None else StreamingConvTranspose1d(codec.decoder.upsample)
+        )
+        self.transformer = StreamingTransformer(codec.decoder.decoder_transformer)
+        self.seanet = StreamingChain(codec.decoder.decoder_seanet.layers)
+
+    def state_specs(self) -> list[TensorSpec]:
+        up = [] if self.upsample is None else [TensorSpec("dec.up", self.upsample.state_shapes[0])]
+        return [
+            *up,
+            TensorSpec("dec.kv", self.transformer.kv_shape),
+            TensorSpec("dec.pos", (1,), "int64"),
+            *(TensorSpec(f"dec.conv{i}", s) for i, s in enumerate(self.seanet.state_shapes)),
+        ]
+
+    def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n_up = 0 if self.upsample is None else 1
+        up, (kv, pos), convs = _split(state, [n_up, 2, len(self.seanet.state_shapes)])
+        x = self.quantizer.decode(codes)
+        if self.upsample is not None:
+            x, up = self.upsample(x, up)
+        x, kv, pos = self.transformer(x.transpose(1, 2), kv, pos)
+        audio, convs = self.seanet(x.transpose(1, 2), convs)
+        return (audio, *up, kv, pos, *convs)
+
+
+class MimiEncoderGraph(nn.Module):
+    """audio (1, 1, F * samples_per_frame) -> codes (1, K, F) int64, streaming (graph ``codec_encoder``).
+
+    Path: SEANet encoder -> encoder transformer -> downsample (strided conv) -> quantize.
+    State, in order: ``enc.conv{i}`` for each SEANet conv tail, ``enc.kv``, ``enc.pos``, ``enc.down``.
+    """
+
+    def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
+        super().__init__()
+        _check(codec, num_codebooks, frames_per_call)
+        if num_codebooks < codec.config.num_semantic_quantizers:
+            raise EdgeError(f"encoding needs at least {codec.config.num_semantic_quantizers} codebooks")
+        self.seanet = StreamingChain(codec.encoder.encoder_seanet.layers)
+        self.transformer = StreamingTransformer(codec.encoder.encoder_transformer)
+        self.downsample = (
+            None if codec.encoder.downsample is None else StreamingConv1d(codec.encoder.downsample)
+        )
+        self.quantizer = Quantizer(codec.quantizer, num_codebooks)
+
+    def state_specs(self) -> list[TensorSpec]:
+        down = (
+            []
+            if self.downsample is None
+            else [TensorSpec("enc.down", s) for s in self.downsample.state_shapes]
+        )
+        return [
+            *(TensorSpec(f"enc.conv{i}", s) for i, s in enumerate(self.seanet.state_shapes)),
+            TensorSpec("enc.kv", self.transformer.kv_shape),
+            TensorSpec("enc.pos", (1,), "int64"),
+            *down,
+        ]
+
+    def forward(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        latents, *state = self.latents(audio, *state)
+        return (self.quantizer.encode(latents), *state)
+
+    def latents(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """As `forward`, but returns the latents (1, hidden, F) before quantization."""
+        n_down = 0 if self.downsample is None else len(self.downsample.state_shapes)
+        convs, (kv, pos), down = _split(state, [len(self.seanet.state_shapes), 2, n_down])
+        x, convs = self.seanet(audio, convs)
+        y, kv, new_pos = self.transformer(x.transpose(1, 2), kv, pos)
+        latents = y.transpose(1, 2)
+        if self.downsample is not None:
+            # The reference pads the downsampling conv with copies of its first input ("replicate").
+            latents, down = self.downsample(latents, down, first=pos == 0)
+        return (latents, *convs, kv, new_pos, *down)
+
+
+def codec_graphs(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> list[Graph]:
+    """The streaming ``codec_encoder`` and ``codec_decoder`` graphs of a Mimi codec."""
+    config = codec.config
+    k, f = num_codebooks, frames_per_call
+    n = samples_per_frame(config) * f
+    graphs = []
+    if codec.encoder is not None:
+        enc = MimiEncoderGraph(codec, k, f).eval()
+        graphs.append(
+            Graph(
+                "codec_encoder",
+                enc,
+                inputs=[TensorSpec("audio", (1, 1, n))],
+                outputs=[TensorSpec("codes", (1, k, f), "int64")],
+                state=enc.state_specs(),
+                example_inputs=(0.1 * torch.randn(1, 1, n),),
+            )
+        )
+    if codec.decoder is not None:
+        dec = MimiDecoderGraph(codec, k, f).eval()
+        graphs.append(
+            Graph(
+                "codec_decoder",
+                dec,
+                inputs=[TensorSpec("codes", (1, k, f), "int64")],
+                outputs=[TensorSpec("audio", (1, 1, n))],
+                state=dec.state_specs(),
+                example_inputs=(torch.randint(0, config.codebook_size, (1, k, f)),),
+            )
+        )
+    return graphs
+
+
+def codec_manifest(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> dict[str, Any]:
+    """What the runtime needs to drive the codec graphs."""
+    config = codec.config
+    return {
+        "sample_rate": int(config.sampling_rate),
+        "frame_rate": float(config.frame_rate),
+        "samples_per_frame": samples_per_frame(config),
+        "num_codebooks": num_codebooks,
+        "codebook_size": int(config.codebook_size),
+        "frames_per_call": frames_per_call,
+    }
+
+
+# --- the `mimi` family (a codec-only bundle) ---
+
+
+def build_reference(config: dict[str, Any], seed: int) -> MimiModel:
+    torch.manual_seed(seed)
+    return MimiModel(MimiConfig(**config)).eval()
+
+
+def load_reference(directory: Path) -> MimiModel:
+    return load_pretrained(MimiModel, directory, "MimiModel")
+
+
+def graphs(model: MimiModel, options: dict[str, Any]) -> tuple[list[Graph], dict[str, Any]]:
+    k = options.get("num_codebooks", model.config.num_quantizers)
+    f = options.get("frames_per_call", 1)
+    manifest = {**codec_manifest(model, k, f), "export_options": {"num_codebooks": k, "frames_per_call": f}}
+    return codec_graphs(model, k, f), manifest
+
+
+def tokenizer(model: MimiModel, checkpoint: Path | None, writer) -> dict[str, Any]:
+    return {"kind": "none"}

@@ -1,0 +1,186 @@
+"""What quantization cost: a quantized bundle measured against the fp32 bundle it came from.
+
+- LM (`lm_prefill` + `lm_step`, codebook-0 logits) and depth (`depth_step`, codebooks 1..K-1 logits):
+  teacher-forced on the codes the fp32 bundle generated greedily, top-1 agreement and mean
+  KL(fp32 || quantized) of the next-token distributions;
+- greedy: the fraction of frames a greedy run of the quantized bundle reproduces exactly;
+- codec: the same codes decoded by both `codec_decoder`s, SNR (dB) and log-mel distance (mean abs dB);
+- size of each graph's files before and after, and per-frame milliseconds of both greedy runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.bundle import Bundle, load_bundle
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+TEXT = "Hello from edge."
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64).reshape(-1)
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+class _Agreement:
+    """Running top-1 agreement and KL(p || q) over pairs of logit rows."""
+
+    def __init__(self) -> None:
+        self.n, self.agree, self.kl = 0, 0, 0.0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        lp, lq = _log_softmax(ref), _log_softmax(got)
+        self.n += 1
+        self.agree += int(np.argmax(lp) == np.argmax(lq))
+        self.kl += float(np.sum(np.exp(lp) * (lp - lq)))
+
+    def result(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"top1_agreement": self.agree / n, "mean_kl": self.kl / n, "positions": self.n}
+
+
+def _teacher_forced(ref_voice, q_voice, tokens: list[int], codes: list[list[int]]) -> dict[str, Any]:
+    m = ref_voice.model
+    lm, depth = _Agreement(), _Agreement()
+    padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)
+    padded[0, : len(tokens)] = tokens
+    feeds = {"tokens": padded, "length": np.array([len(tokens)], np.int64)}
+    outs = [v.sessions["lm_prefill"].run(feeds) for v in (ref_voice, q_voice)]
+    kvs = [o["kv"] for o in outs]
+    spec = ref_voice.bundle.graphs["depth_step"]["state"]
+    for f, frame in enumerate(codes):
+        lm.add(outs[0]["logits"], outs[1]["logits"])
+        states = [{t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec} for _ in range(2)]
+        for p in range(len(frame)):
+            code = frame[0] if p == 0 else frame[p - 1]
+            d = []
+            for i, v in enumerate((ref_voice, q_voice)):
+                r = v.sessions["depth_step"].run({"hidden": outs[i]["hidden"], "code": np.array([code], np.int64),
+                                                  "position": np.array([p], np.int64), **states[i]})
+                states[i] = {name: r[f"{name}_next"] for name in states[i]}
+                d.append(r["logits"])
+            if p > 0:
+                depth.add(d[0], d[1])
+        if f + 1 < len(codes):
+            step = {"codes": np.array([frame], np.int64), "position": np.array([len(tokens) + f], np.int64)}
+            outs = [v.sessions["lm_step"].run({**step, "kv": kvs[i]}) for i, v in enumerate((ref_voice, q_voice))]
+            kvs = [o["kv_next"] for o in outs]
+    return {"lm": lm.result(), "depth": depth.result()}
+
+
+def _mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    mels = np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(sr / 2)), n_mels + 2)
+    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    fb = np.zeros((n_mels, bins.size))
+    for i in range(n_mels):
+        lo, mid, hi = hz[i], hz[i + 1], hz[i + 2]
+        fb[i] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
+    return fb
+
+
+def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 64) -> np.ndarray:
+    """Log-mel spectrogram in dB (frames, n_mels), floored at -100 dB."""
+    audio = np.asarray(audio, np.float64)
+    if audio.size < n_fft:
+        audio = np.pad(audio, (0, n_fft - audio.size))
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
+    return 10 * np.log10(np.maximum(power @ _mel_filters(sr, n_fft, n_mels).T, 1e-10))
+
+
+def _decode_all(voice, codes: list[list[int]]) -> np.ndarray:
+    m = voice.model
+    k, fpc, spf = m["num_codebooks"], m["frames_per_call"], m["samples_per_frame"]
+    spec = voice.bundle.graphs["codec_decoder"]["state"]
+    state = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec}
+    chunks = []
+    for start in range(0, len(codes), fpc):
+        frames = codes[start:start + fpc]
+        arr = np.zeros((1, k, fpc), np.int64)
+        fc = np.array(frames, np.int64).T
+        arr[0, :, : len(frames)] = np.where(fc < m["codebook_size"], fc, 0)
+        o = voice.sessions["codec_decoder"].run({"codes": arr, **state})
+        state = {name: o[f"{name}_next"] for name in state}
+        chunks.append(o["audio"].reshape(-1)[: len(frames) * spf])
+    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
+
+
+def _codec(ref_voice, q_voice, codes: list[list[int]]) -> dict[str, float]:
+    a, b = _decode_all(ref_voice, codes), _decode_all(q_voice, codes)
+    noise = float(np.sum((a - b) ** 2))
+    snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(a ** 2)), 1e-30) / noise)
+    sr = ref_voice.sample_rate
+    return {"snr_db": snr, "log_mel_db": float(np.mean(np.abs(log_mel(a, sr) - log_mel(b, sr)))),
+            "seconds": a.size / sr}
+
+
+def _greedy(voice, frames: int) -> tuple[list[list[int]], dict[str, float]]:
+    from edge.runtime.sampler import SamplingConfig
+
+    seconds = frames / voice.model["frame_rate"]
+    best: dict[str, float] | None = None
+    codes: list[list[int]] = []
+    for _ in range(2):  # the second run is warm; keep the faster per-frame timings
+        stream = voice.stream(TEXT, sampling=SamplingConfig(temperature=0), max_seconds=seconds)
+        list(stream)
+        codes, ms = stream.codes, stream.stats.per_frame_ms()
+        ms["total"] = 1000 * stream.stats.total / max(stream.stats.frames, 1)
+        best = ms if best is None else {k: min(v, best[k]) for k, v in ms.items()}
+    return codes, best or {}
+
+
+def _sizes(ref: Bundle, q: Bundle, backend: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, g in q.graphs.items():
+        if backend not in g["files"] or backend not in ref.graphs.get(name, {}).get("files", {}):
+            continue
+        before, after = ref.file_bytes(name, backend), q.file_bytes(name, backend)
+        out[name] = {"recipe": g["recipe"], "bytes_before": before, "bytes_after": after,
+                     "ratio": after / before if before else 1.0}
+    return out
+
+
+def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict[str, Any]:
+    """Measure quantized `bundle` against its fp32 bundle `against`, both run with `backend`."""
+    from edge.runtime.loop import Voice
+
+    if frames < 1:
+        raise EdgeError(f"--frames must be at least 1, got {frames}")
+    q, ref = load_bundle(bundle), load_bundle(against)
+    if (q.family, q.manifest["preset"], set(q.graphs)) != (ref.family, ref.manifest["preset"], set(ref.graphs)):
+        raise EdgeError(f"{q.root} and {ref.root} are not bundles of the same model (preset and graphs differ)")
+    if any(g["recipe"] != "fp32" for g in ref.graphs.values()):
+        raise EdgeError(f"{ref.root} is itself quantized; compare against the fp32 bundle")
+    t = time.perf_counter()
+    ref_voice, q_voice = Voice(ref, backend), Voice(q, backend)
+    ref_codes, ref_ms = _greedy(ref_voice, frames)
+    q_codes, q_ms = _greedy(q_voice, frames)
+    tokens = ref_voice.tokenizer.encode(TEXT, 0)
+    same = sum(a == b for a, b in zip(ref_codes, q_codes, strict=False))
+    result: dict[str, Any] = {
+        "backend": backend,
+        "frames": len(ref_codes),
+        "recipes": {n: g["recipe"] for n, g in q.graphs.items()},
+        **_teacher_forced(ref_voice, q_voice, tokens, ref_codes),
+        "greedy_identical_frames": same / max(len(ref_codes), 1),
+        "greedy_first_divergence": next((i for i, (a, b) in enumerate(zip(ref_codes, q_codes, strict=False))
+                                         if a != b), min(len(ref_codes), len(q_codes))),
+        "codec": _codec(ref_voice, q_voice, ref_codes),
+        "sizes": _sizes(ref, q, backend),
+        "per_frame_ms": {"fp32": ref_ms, "quantized": q_ms},
+    }
+    log.info("evaluated %s against %s (%s) in %.1f s", q.root, ref.root, backend, time.perf_counter() - t)
+    return result

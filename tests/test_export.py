@@ -1,0 +1,90 @@
+"""Export end to end: the bundle's graphs, driven by the runtime, reproduce transformers' CSM generate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edge.bundle import load_bundle
+from edge.errors import EdgeError
+from edge.export.build import export_bundle
+from edge.export.families.csm import load_reference
+from edge.runtime.loop import Voice
+from edge.runtime.sampler import SamplingConfig
+from edge.runtime.tokenizers import load_tokenizer
+from tests.helpers import edge_cli
+
+FRAMES = 24
+TEXT = "Hello from edge."
+
+
+@pytest.fixture(scope="module")
+def hf_codes(tiny_bundle):
+    """Greedy codes from transformers' own CSM generate, on the weights the bundle carries."""
+    bundle = load_bundle(tiny_bundle)
+    model = load_reference(bundle.path("reference"))
+    ids = torch.tensor([load_tokenizer(bundle).encode(TEXT, 0)])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, do_sample=False, depth_decoder_do_sample=False, max_new_tokens=FRAMES)
+    return out[0].tolist()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "executorch"])
+def test_greedy_tokens_match_transformers_generate(tiny_bundle, hf_codes, backend):
+    voice = Voice.load(tiny_bundle, backend)
+    stream = voice.stream(TEXT, sampling=SamplingConfig(temperature=0), max_seconds=FRAMES / 12.5)
+    list(stream)
+    assert len(hf_codes) >= 20
+    assert stream.codes == hf_codes
+
+
+def test_manifest_contract(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.backends() == ["onnx", "executorch", "torch"]
+    assert set(bundle.graphs) == {"lm_prefill", "lm_step", "depth_step", "codec_decoder"}
+    m = bundle.model
+    for key in ("sample_rate", "frame_rate", "samples_per_frame", "num_codebooks", "codebook_size",
+                "prompt_capacity", "kv_capacity", "end_of_speech", "speakers"):
+        assert key in m, key
+    assert (m["sample_rate"], m["frame_rate"], m["samples_per_frame"]) == (24000, 12.5, 1920)
+    for name, g in bundle.graphs.items():
+        assert g["recipe"] == "fp32"
+        for backend, err in g["parity_max_abs_err"].items():
+            assert err < 1e-3, (name, backend, err)
+    # lm_step carries the cache lm_prefill produces
+    prefill_kv = next(t for t in bundle.graphs["lm_prefill"]["outputs"] if t["name"] == "kv")
+    assert bundle.graphs["lm_step"]["state"] == [prefill_kv]
+
+
+def test_mimi_bundle(tmp_path):
+    bundle = export_bundle("mimi-tiny", tmp_path / "mimi", ["onnx"])
+    assert set(bundle.graphs) == {"codec_encoder", "codec_decoder"}
+    r = edge_cli("speak", "hi", "--bundle", str(bundle.root), "--out", str(tmp_path / "x.wav"))
+    assert r.returncode == 2 and "not a voice" in r.stderr.decode()
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    with pytest.raises(EdgeError, match="must be larger"):
+        export_bundle("csm-tiny", tmp_path / "b", ["onnx"], options={"prompt_capacity": 64, "kv_capacity": 32})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoints(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for setup, message in [
+        (lambda: None, "has no config.json"),
+        (lambda: (ckpt / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]})),
+         "is a LlamaForCausalLM, not a CsmForConditionalGeneration"),
+        (lambda: (ckpt / "config.json").write_text(json.dumps({"architectures": ["CsmForConditionalGeneration"]}))
+         or (ckpt / "pytorch_model.bin").write_bytes(b"pickle"), "pickle-only weights: pytorch_model.bin"),
+    ]:
+        setup()
+        r = edge_cli("export", "csm-tiny", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"))
+        err = r.stderr.decode()
+        assert r.returncode == 2 and message in err and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()
+    r = edge_cli("export", "nope", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr.decode()
