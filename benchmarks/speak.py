@@ -97,7 +97,7 @@ def main() -> None:
         for b in backends:
             results[b] = edge_run(bundle, b, args.frames, args.repeats)
     eager = results["eager_generate"]
-    for name, r in results.items():
+    for r in results.values():
         r["speedup_vs_eager"] = eager["total"] / r["total"] * r["frames"] / eager["frames"]
     report = {
         "preset": bundle.manifest["preset"],
@@ -108,7 +108,8 @@ def main() -> None:
     }
     print(f"{'backend':<16}{'frames':>7}{'first audio ms':>16}{'RTF':>8}{'x eager':>9}")
     for name, r in results.items():
-        print(f"{name:<16}{r['frames']:>7}{1000 * r['first_audio']:>16.1f}{r['rtf']:>8.3f}{r['speedup_vs_eager']:>9.2f}")
+        ms = 1000 * r["first_audio"]
+        print(f"{name:<16}{r['frames']:>7}{ms:>16.1f}{r['rtf']:>8.3f}{r['speedup_vs_eager']:>9.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 _debug = False
+_NOISY = ("torch", "torchao", "executorch", "onnxscript", "onnx_ir", "transformers")
 
 
 def _version(value: bool) -> None:
@@ -49,8 +51,14 @@ def _main(
     global _debug
     _debug = debug
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)],
-                        force=True)
+    handler = RichHandler(console=err, show_path=False)
+    if verbose < 2:
+        # torch, torchao and executorch log import-time chatter (optional kernels, deprecations) that is
+        # not about the user's run; keep stderr to what edge has to say.
+        handler.addFilter(lambda r: r.levelno >= logging.ERROR or not r.name.startswith(_NOISY))
+        logging.getLogger("torch.utils._pytree").addFilter(lambda r: r.levelno >= logging.ERROR)
+        warnings.filterwarnings("ignore")
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
 
 
 def _print_json(data: object) -> None:
@@ -77,8 +85,6 @@ def export(
     Each graph is checked against the eager reference before the bundle is written; a failed
     export leaves nothing behind.
     """
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from edge.export.build import export_bundle, parse_backends
 
     options = {k: v for k, v in {"prompt_capacity": prompt_capacity, "kv_capacity": kv_capacity}.items()
@@ -86,8 +92,7 @@ def export(
     for k, v in options.items():
         if v <= 0:
             raise EdgeError(f"--{k.replace('_', '-')} must be positive, got {v}")
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                  transient=True, disable=as_json) as progress:
+    with _progress(as_json) as progress:
         task = progress.add_task("export", total=None)
         bundle = export_bundle(preset, out, parse_backends(backend), checkpoint, options, force,
                                on_step=lambda d: progress.update(task, description=d))
@@ -110,6 +115,64 @@ def _summary(bundle) -> dict:
             for name, g in bundle.graphs.items()
         },
     }
+
+
+def _progress(quiet: bool):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                    transient=True, disable=quiet)
+
+
+@app.command()
+def quantize(
+    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="fp32 bundle to quantize.")],
+    recipe: Annotated[str, typer.Option(help="One recipe for every graph (fp32, fp16, int8, int4, npu-int8) or per "
+                                             "graph group: lm=int4,depth=int8,codec=int8.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
+    group_size: Annotated[int, typer.Option(help="int4 group size along the input dimension.")] = 32,
+    backend: Annotated[str | None, typer.Option(help="Keep only this backend's graphs (onnx or executorch); "
+                                                     "default: every one the bundle has.")] = None,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure what it cost against the input "
+                                                                      "bundle and print it.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
+) -> None:
+    """Quantize each graph of a bundle with its own recipe (codec convs and LM matmuls react differently)."""
+    from edge.quantize import quantize_bundle
+
+    backends = [backend] if backend else None
+    with _progress(as_json) as progress:
+        task = progress.add_task("quantize", total=None)
+        bundle = quantize_bundle(bundle_dir, recipe, out, group_size, force,
+                                 on_step=lambda d: progress.update(task, description=d), backends=backends)
+    err.print(f"wrote [bold]{bundle.root}[/]: " + ", ".join(f"{n}={g['recipe']}" for n, g in bundle.graphs.items()))
+    if evaluate:
+        _eval_and_print(bundle.root, bundle_dir, (backend or bundle.backends()[0]), as_json)
+
+
+def _eval_and_print(bundle_dir: Path, against: Path, backend: str, as_json: bool, frames: int = 20) -> None:
+    from edge.quantize import evaluate
+
+    report = evaluate(bundle_dir, against, backend, frames)
+    if as_json:
+        _print_json(report)
+    else:
+        Console().print_json(json.dumps(report, default=float))
+
+
+@app.command("eval")
+def eval_(
+    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Quantized bundle.")],
+    against: Annotated[Path, typer.Option(help="The fp32 bundle it came from.")],
+    backend: Annotated[str, typer.Option(help="onnx or executorch.")] = "onnx",
+    frames: Annotated[int, typer.Option(help="Frames of greedy audio to compare.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Measure what quantization cost: codec SNR / log-mel, LM and depth top-1 + KL, identical frames, size, speed."""
+    if frames <= 0:
+        raise EdgeError(f"--frames must be positive, got {frames}")
+    _eval_and_print(bundle_dir, against, backend, as_json, frames)
 
 
 @app.command()

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from edge.export.families import get_family
-from edge.export.graph import Graph
 
 from edge.bundle import Bundle, BundleWriter
 from edge.errors import EdgeError
+from edge.export.families import get_family
+from edge.export.graph import Graph
 from edge.presets import get_preset
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
-from edge.export.graph import Graph
 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 from executorch.exir import to_edge_transform_and_lower
+
+from edge.export.graph import Graph
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
+
 from edge.export.graph import Graph
 
 log = logging.getLogger(__name__)
@@ -30,14 +32,16 @@ def export_onnx(graph: Graph, path: Path) -> list[Path]:
         )
     model = program.model_proto
     data = path.with_name(path.name + ".data")
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
+    # onnx resolves the external-data location against the working directory, not the model's folder.
+    with contextlib.chdir(path.parent):
+        onnx.save_model(
+            model,
+            path.name,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
     files = [path] + ([data] if data.exists() else [])
     log.debug("onnx %s: %s", graph.name, ", ".join(f"{p.name} {p.stat().st_size} B" for p in files))
     return files

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from edge.runtime.sampler import Sampler, SamplingConfig
-from edge.runtime.sessions import Session, open_sessions
-from edge.runtime.tokenizers import load_tokenizer
 
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
+from edge.runtime.sampler import Sampler, SamplingConfig
+from edge.runtime.sessions import Session, open_sessions
+from edge.runtime.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 

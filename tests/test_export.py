@@ -78,13 +78,14 @@ def test_bad_checkpoints(tmp_path):
         (lambda: None, "has no config.json"),
         (lambda: (ckpt / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]})),
          "is a LlamaForCausalLM, not a CsmForConditionalGeneration"),
-        (lambda: (ckpt / "config.json").write_text(json.dumps({"architectures": ["CsmForConditionalGeneration"]}))
-         or (ckpt / "pytorch_model.bin").write_bytes(b"pickle"), "pickle-only weights: pytorch_model.bin"),
+        (lambda: [(ckpt / "config.json").write_text(json.dumps({"architectures": ["CsmForConditionalGeneration"]})),
+                  (ckpt / "pytorch_model.bin").write_bytes(b"pickle")], "pickle-only weights: pytorch_model.bin"),
     ]:
         setup()
         r = edge_cli("export", "csm-tiny", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"))
         err = r.stderr.decode()
         assert r.returncode == 2 and message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "out").exists()
     r = edge_cli("export", "nope", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr.decode()

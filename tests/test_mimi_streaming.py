@@ -16,6 +16,7 @@ from edge.export.families.mimi import (
     StreamingTransformer,
     codec_graphs,
     codec_manifest,
+    randomize,
 )
 from edge.export.graph import DTYPES, Graph, TensorSpec
 from edge.presets import TINY_MIMI
@@ -27,16 +28,7 @@ SPF = 1920  # samples per frame at 24 kHz / 12.5 Hz
 @pytest.fixture(scope="module")
 def codec(tmp_path_factory: pytest.TempPathFactory) -> MimiModel:
     torch.manual_seed(0)
-    model = MimiModel(MimiConfig(**TINY_MIMI)).eval()
-    with torch.no_grad():
-        # A fresh MimiModel has all-zero codebooks (every code decodes to 0, every frame encodes to 0)
-        # and layer scales of 0.01 (its transformers barely matter): make both count.
-        for module in model.modules():
-            if hasattr(module, "embed_sum"):
-                module.embed_sum.normal_()
-                module.cluster_usage.uniform_(0.5, 1.5)
-            if isinstance(module, MimiLayerScale):
-                module.scale.fill_(1.0)
+    model = randomize(MimiModel(MimiConfig(**TINY_MIMI))).eval()
     directory: Path = tmp_path_factory.mktemp("mimi_tiny")
     model.save_pretrained(directory)
     return MimiModel.from_pretrained(directory).eval()

@@ -16,7 +16,7 @@ from transformers import CsmConfig, CsmForConditionalGeneration
 from edge.errors import EdgeError
 from edge.export.families.checkpoint import load_pretrained
 from edge.export.families.csm_lm import lm_graphs, lm_manifest
-from edge.export.families.mimi import codec_graphs, codec_manifest
+from edge.export.families.mimi import codec_graphs, codec_manifest, randomize
 from edge.export.graph import Graph
 from edge.presets import BYTE_VOCAB
 
@@ -26,7 +26,9 @@ SPEAKERS = 2
 
 def build_reference(config: dict[str, Any], seed: int) -> CsmForConditionalGeneration:
     torch.manual_seed(seed)
-    return CsmForConditionalGeneration(CsmConfig(**config)).eval()
+    model = CsmForConditionalGeneration(CsmConfig(**config))
+    randomize(model.codec_model)
+    return model.eval()
 
 
 def load_reference(directory: Path) -> CsmForConditionalGeneration:

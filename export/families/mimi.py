@@ -26,6 +26,7 @@ from transformers import MimiConfig, MimiModel
 from transformers.models.mimi.modeling_mimi import (
     MimiConv1d,
     MimiConvTranspose1d,
+    MimiLayerScale,
     MimiResnetBlock,
     MimiSplitResidualVectorQuantizer,
     MimiTransformerLayer,
@@ -201,11 +202,14 @@ class StreamingTransformer(nn.Module):
         t, w = x.shape[1], self.window
         q_pos = pos + torch.arange(t)  # (T,)
         slots = torch.arange(w)
-        slot_pos = pos - 1 - torch.remainder(pos - 1 - slots, w)  # latest position before `pos`; < 0: empty
+        # Every remainder below takes a non-negative left operand: ExecuTorch's kernel truncates toward
+        # zero for negative ones (C fmod), unlike torch and ONNX.
+        behind = torch.remainder(torch.remainder(pos + w - 1, w) - slots + w, w)  # == (pos - 1 - slot) mod w
+        slot_pos = pos - 1 - behind  # latest position before `pos` held by each slot; < 0: empty
         k_pos = torch.cat([slot_pos, q_pos])
         visible = (k_pos >= 0) & (k_pos <= q_pos[:, None]) & (k_pos > q_pos[:, None] - w)  # (T, W + T)
         # Where this call's steps go: slot i takes new step (i - pos) % w when that is < T.
-        src = torch.remainder(slots - pos, w)
+        src = torch.remainder(slots - torch.remainder(pos, w) + w, w)
         write = (src < t)[:, None]
         src = src.clamp(max=t - 1)
 
@@ -461,9 +465,25 @@ def codec_manifest(codec: MimiModel, num_codebooks: int, frames_per_call: int = 
 # --- the `mimi` family (a codec-only bundle) ---
 
 
+def randomize(codec: MimiModel) -> MimiModel:
+    """Make a randomly initialised Mimi exercise every path, as trained weights do.
+
+    A fresh MimiModel has all-zero codebooks (every code decodes alike, every frame encodes to 0)
+    and layer scales of 0.01 (its transformers barely matter); presets with random weights use this.
+    """
+    with torch.no_grad():
+        for module in codec.modules():
+            if hasattr(module, "embed_sum"):
+                module.embed_sum.normal_()
+                module.cluster_usage.uniform_(0.5, 1.5)
+            if isinstance(module, MimiLayerScale):
+                module.scale.fill_(1.0)
+    return codec
+
+
 def build_reference(config: dict[str, Any], seed: int) -> MimiModel:
     torch.manual_seed(seed)
-    return MimiModel(MimiConfig(**config)).eval()
+    return randomize(MimiModel(MimiConfig(**config))).eval()
 
 
 def load_reference(directory: Path) -> MimiModel:
