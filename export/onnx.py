@@ -18,6 +18,8 @@ OPSET = 18
 
 def export_onnx(graph: Graph, path: Path) -> list[Path]:
     """Export `graph` to `path` (+ `path.data` for the weights). Returns the files written."""
+    # torch.onnx warns about every torchvision op it cannot register; that is not about this export.
+    logging.getLogger("torch.onnx").setLevel(max(logging.ERROR, log.getEffectiveLevel()))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
