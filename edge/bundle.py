@@ -145,7 +145,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             )
     if "reference" in manifest:
         _inside(root, manifest["reference"]["dir"])
-    return Bundle(root, manifest)
+    return Bundle(root.resolve(), manifest)
 
 
 class BundleWriter:
@@ -163,7 +163,7 @@ class BundleWriter:
         if not parent.exists():
             raise EdgeError(f"directory '{parent}' does not exist; create it or choose another --out")
         try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent)).resolve()
         except OSError as e:
             raise EdgeError(f"cannot write to '{parent}' ({e.strerror}); choose another --out") from None
         self.overwrite = overwrite

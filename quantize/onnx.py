@@ -15,7 +15,6 @@ MatMul quantizers see every linear layer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge.export.onnx import save_onnx
 from edge.quantize.tables import quantize_table
 
 log = logging.getLogger(__name__)
@@ -193,17 +193,6 @@ def _dequant_gather(model: onnx.ModelProto, node: onnx.NodeProto, data: np.ndarr
     return nodes
 
 
-def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
-    data = path.with_name(path.name + ".data")
-    for p in (path, data):
-        p.unlink(missing_ok=True)
-    # onnx checks whether `location` exists relative to the *working directory*: run it from the target's.
-    with contextlib.chdir(path.parent):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    return [path] + ([data] if data.exists() else [])
-
-
 def _count(model: onnx.ModelProto, op: str) -> int:
     return sum(1 for n in model.graph.node if n.op_type == op)
 
@@ -255,7 +244,7 @@ def quantize_file(src: Path, dst: Path, recipe: str, group_size: int,
     for note in notes:
         log.info("%s %s: %s", src.stem, recipe, note)
         on_note(note)
-    return _save(model, dst)
+    return save_onnx(model, dst)
 
 
 def _int8(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
@@ -279,7 +268,7 @@ def _dynamic(model: onnx.ModelProto, ops: list[str], notes: list[str]) -> onnx.M
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        _save(model, src)
+        save_onnx(model, src)
         quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=ops, use_external_data_format=True,
                          extra_options={"MatMulConstBOnly": True})
@@ -306,7 +295,7 @@ def _static_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]]
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        _save(model, src)
+        save_onnx(model, src)
         quantize_static(
             src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
