@@ -1,0 +1,1 @@
+"""Device catalogue and profiler (issue 6)."""
