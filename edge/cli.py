@@ -77,6 +77,9 @@ def export(
     ] = None,
     prompt_capacity: Annotated[int | None, typer.Option(help="Max prompt tokens (static prefill shape).")] = None,
     kv_capacity: Annotated[int | None, typer.Option(help="Backbone KV-cache positions: prompt + frames.")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Quantize as part of the export, e.g. int8 or "
+                                                    "lm=int4,depth=int8,codec=fp16 (see `edge quantize`).")] = None,
+    group_size: Annotated[int, typer.Option(help="int4 group size, with --recipe.")] = 32,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -92,10 +95,24 @@ def export(
     for k, v in options.items():
         if v <= 0:
             raise EdgeError(f"--{k.replace('_', '-')} must be positive, got {v}")
+    backends = parse_backends(backend)
     with _progress(as_json) as progress:
         task = progress.add_task("export", total=None)
-        bundle = export_bundle(preset, out, parse_backends(backend), checkpoint, options, force,
-                               on_step=lambda d: progress.update(task, description=d))
+        step = lambda d: progress.update(task, description=d)  # noqa: E731
+        if recipe is None:
+            bundle = export_bundle(preset, out, backends, checkpoint, options, force, on_step=step)
+        else:
+            import tempfile
+
+            from edge.quantize import parse_recipe, quantize_bundle
+
+            parse_recipe(recipe)  # refuse a bad recipe before the slow export
+            if "executorch" in backends and "torch" not in backends:
+                backends.append("torch")  # ExecuTorch quantization starts from the torch reference
+            with tempfile.TemporaryDirectory(prefix=".edge-export-", dir=out.parent if out.parent.is_dir() else None) \
+                    as tmp:
+                fp32 = export_bundle(preset, Path(tmp) / "fp32", backends, checkpoint, options, on_step=step)
+                bundle = quantize_bundle(fp32.root, recipe, out, group_size, force, on_step=step)
     if as_json:
         _print_json(_summary(bundle))
     else:

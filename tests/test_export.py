@@ -89,3 +89,16 @@ def test_bad_checkpoints(tmp_path):
         assert not (tmp_path / "out").exists()
     r = edge_cli("export", "nope", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr.decode()
+
+
+def test_export_with_recipe(tmp_path):
+    r = edge_cli("export", "csm-tiny", "--backend", "onnx", "--recipe", "lm=int4,codec=fp16", "--group-size", "64",
+                 "--out", str(tmp_path / "q"))
+    assert r.returncode == 0, r.stderr.decode()
+    graphs = load_bundle(tmp_path / "q").graphs
+    assert {n: g["recipe"] for n, g in graphs.items()} == {
+        "lm_prefill": "int4-g64", "lm_step": "int4-g64", "depth_step": "fp32", "codec_decoder": "fp16"}
+    assert [p.name for p in tmp_path.iterdir()] == ["q"]  # the fp32 intermediate is gone
+    bad = edge_cli("export", "csm-tiny", "--recipe", "lm=int9", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown recipe 'int9'" in bad.stderr.decode()
+    assert not (tmp_path / "bad").exists()
