@@ -152,3 +152,19 @@ def test_bundle_for_another_backend(tiny_bundle, tmp_path):
     r = edge_cli("speak", TEXT, "-b", str(onnx_only), "-o", str(tmp_path / "x.wav"), "--backend", "executorch")
     assert r.returncode == 2 and "has no 'executorch' graphs" in r.stderr.decode()
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_onnx_path_never_imports_torch(tiny_bundle):
+    """A laptop install without torch runs ONNX bundles: the ONNX path must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edge.api import Voice, SamplingConfig\n"
+        f"audio, stats = Voice.load({str(tiny_bundle)!r}, 'onnx').synthesize('hi', max_seconds=0.4)\n"
+        "assert audio.size > 0\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'executorch')]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
