@@ -217,8 +217,9 @@ class Voice:
             self._account(stats, chunk, start)
             yield chunk
         stats.total = time.perf_counter() - start
-        log.info("%s: %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f", self.backend, stats.frames,
-                 stats.audio_seconds, 1000 * stats.first_audio, stats.rtf)
+        per_frame = ", ".join(f"{k} {v:.1f}" for k, v in stats.per_frame_ms().items())
+        log.info("%s: %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f; per frame (ms): %s", self.backend,
+                 stats.frames, stats.audio_seconds, 1000 * stats.first_audio, stats.rtf, per_frame)
 
     def _account(self, stats: Stats, chunk: np.ndarray, start: float) -> None:
         if stats.audio_seconds == 0:
