@@ -137,15 +137,12 @@ def quantize_bundle(
 def _reference_graphs(bundle: Bundle, on_step: Callable[[str], None]) -> dict[str, Any]:
     """The family's graphs rebuilt from the bundle's reference weights (what ExecuTorch quantizes)."""
     try:
-        from edge.export.families import get_family
+        from edge.export.families import reference_graphs
     except ImportError as e:  # pragma: no cover - depends on the install
         raise EdgeError(f"ExecuTorch quantization needs the export extra ({e.name} missing): "
                         "pip install 'edge-codec-tts[export]'") from None
     on_step("rebuilding the graphs from the torch reference")
-    family = get_family(bundle.family)
-    model = family.load_reference(bundle.path(bundle.manifest["reference"]["dir"]))
-    graphs, _ = family.graphs(model, bundle.manifest["export_options"])
-    return {g.name: g for g in graphs}
+    return reference_graphs(bundle)
 
 
 def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict:

@@ -102,8 +102,8 @@ def open_sessions(
         except ImportError as e:
             raise EdgeError(f"the torch backend needs the export extra ({e.name} missing): "
                             "pip install 'edge-codec-tts[export]'") from None
-        modules = reference_graphs(bundle)
-        return {n: TorchSession(modules[n], bundle.graphs[n], threads) for n in names}
+        graphs = reference_graphs(bundle)
+        return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads) for n in names}
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], threads) for n in names}

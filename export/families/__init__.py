@@ -25,8 +25,8 @@ def get_family(name: str) -> ModuleType:
 
 
 def reference_graphs(bundle) -> dict:
-    """The eager graph modules of a bundle, rebuilt from its `reference/` weights (torch backend)."""
+    """The graphs of a bundle rebuilt from its `reference/` weights (torch backend, ExecuTorch quantization)."""
     family = get_family(bundle.family)
     model = family.load_reference(bundle.path(bundle.manifest["reference"]["dir"]))
     graphs, _ = family.graphs(model, bundle.manifest["export_options"])
-    return {g.name: g.module for g in graphs}
+    return {g.name: g for g in graphs}
