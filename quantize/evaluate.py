@@ -19,6 +19,7 @@ import numpy as np
 
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
+from edge.runtime.loop import FrameDecoder
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,9 @@ def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mel
 
 
 def _decode_all(voice, codes: list[list[int]]) -> np.ndarray:
-    m = voice.model
-    k, fpc, spf = m["num_codebooks"], m["frames_per_call"], m["samples_per_frame"]
-    spec = voice.bundle.graphs["codec_decoder"]["state"]
-    state = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec}
-    chunks = []
-    for start in range(0, len(codes), fpc):
-        frames = codes[start:start + fpc]
-        arr = np.zeros((1, k, fpc), np.int64)
-        fc = np.array(frames, np.int64).T
-        arr[0, :, : len(frames)] = np.where(fc < m["codebook_size"], fc, 0)
-        o = voice.sessions["codec_decoder"].run({"codes": arr, **state})
-        state = {name: o[f"{name}_next"] for name in state}
-        chunks.append(o["audio"].reshape(-1)[: len(frames) * spf])
+    decode = FrameDecoder(voice.model, voice.bundle.graphs["codec_decoder"], voice.sessions["codec_decoder"].run)
+    fpc = voice.model["frames_per_call"]
+    chunks = [decode(codes[i:i + fpc]) for i in range(0, len(codes), fpc)]
     return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
 
 

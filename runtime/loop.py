@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,26 @@ class _Timed:
 
 def _zeros(spec: dict) -> np.ndarray:
     return np.zeros(spec["shape"], dtype=spec["dtype"])
+
+
+class FrameDecoder:
+    """Frames of codes → PCM through `codec_decoder`, carrying its state from call to call."""
+
+    def __init__(self, model: dict, spec: dict, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
+        self.model, self.run = model, run
+        self.state = {t["name"]: _zeros(t) for t in spec["state"]}
+
+    def __call__(self, frames: list[list[int]]) -> np.ndarray:
+        """Decode up to `frames_per_call` frames (a short last group is zero-padded and trimmed)."""
+        m, n = self.model, len(frames)
+        codes = np.zeros((1, m["num_codebooks"], m["frames_per_call"]), np.int64)
+        # The LM's audio vocabulary has a few ids past the codebook (pad and the like): a well-trained
+        # model never emits them, a random one can; they decode as code 0 instead of crashing.
+        frame_codes = np.array(frames, np.int64).T
+        codes[0, :, :n] = np.where(frame_codes < m["codebook_size"], frame_codes, 0)
+        out = self.run({"codes": codes, **self.state})
+        self.state = {name: out[f"{name}_next"] for name in self.state}
+        return out["audio"].reshape(-1)[: n * m["samples_per_frame"]].astype(np.float32)
 
 
 @dataclass
@@ -159,25 +179,14 @@ class Voice:
         padded[0, : len(tokens)] = tokens
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
         kv = out["kv"]
-        step_spec, depth_spec, dec_spec = (self.bundle.graphs[g] for g in ("lm_step", "depth_step", "codec_decoder"))
-        dec_state = {t["name"]: _zeros(t) for t in dec_spec["state"]}
+        depth_spec, dec_spec = self.bundle.graphs["depth_step"], self.bundle.graphs["codec_decoder"]
         depth_zero = {t["name"]: _zeros(t) for t in depth_spec["state"]}
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
         stats.stopped_by = "max_frames"
 
-        def decode(frames: list[list[int]]) -> np.ndarray:
-            nonlocal dec_state
-            n = len(frames)
-            codes = np.zeros((1, k, fpc), np.int64)
-            # The LM's audio vocabulary has a few ids past the codebook (pad and the like): a well-trained
-            # model never emits them, a random one can; they decode as code 0 instead of crashing.
-            frame_codes = np.array(frames, np.int64).T
-            codes[0, :, :n] = np.where(frame_codes < m["codebook_size"], frame_codes, 0)
-            o = call("codec", s["codec_decoder"], {"codes": codes, **dec_state})
-            dec_state = {name: o[f"{name}_next"] for name in dec_state}
-            return o["audio"].reshape(-1)[: n * m["samples_per_frame"]].astype(np.float32)
+        decode = FrameDecoder(m, dec_spec, lambda feeds: call("codec", s["codec_decoder"], feeds))
 
         for frame in range(max_frames):
             hidden = out["hidden"]
