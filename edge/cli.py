@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -54,8 +55,10 @@ def _main(
     handler = RichHandler(console=err, show_path=False)
     if verbose < 2:
         # torch, torchao and executorch log import-time chatter (optional kernels, deprecations) that is
-        # not about the user's run; keep stderr to what edge has to say.
-        handler.addFilter(lambda r: r.levelno >= logging.ERROR or not r.name.startswith(_NOISY))
+        # not about the user's run, and onnxruntime's quantizer advice goes to the root logger; keep stderr
+        # to what edge has to say.
+        handler.addFilter(lambda r: r.levelno >= logging.ERROR or not (
+            r.name.startswith(_NOISY) or f"{os.sep}onnxruntime{os.sep}quantization{os.sep}" in r.pathname))
         logging.getLogger("torch.utils._pytree").addFilter(lambda r: r.levelno >= logging.ERROR)
         warnings.filterwarnings("ignore")
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)

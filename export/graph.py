@@ -60,11 +60,17 @@ class Graph:
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs] + [next_state_name(s.name) for s in self.state]
 
+    def parameters(self) -> int:
+        """Weights the graph holds: its module's float parameters and buffers (codebooks), each counted once."""
+        tensors = {id(t): t for t in [*self.module.parameters(), *self.module.buffers()] if t.is_floating_point()}
+        return sum(t.numel() for t in tensors.values())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
             "state": [s.to_json() for s in self.state],
+            "parameters": self.parameters(),
         }
 
 

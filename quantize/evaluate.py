@@ -1,11 +1,17 @@
 """What quantization cost: a quantized bundle measured against the fp32 bundle it came from.
 
+For a voice (csm):
 - LM (`lm_prefill` + `lm_step`, codebook-0 logits) and depth (`depth_step`, codebooks 1..K-1 logits):
   teacher-forced on the codes the fp32 bundle generated greedily, top-1 agreement and mean
   KL(fp32 || quantized) of the next-token distributions;
 - greedy: the fraction of frames a greedy run of the quantized bundle reproduces exactly;
 - codec: the same codes decoded by both `codec_decoder`s, SNR (dB) and log-mel distance (mean abs dB);
 - size of each graph's files before and after, and per-frame milliseconds of both greedy runs.
+
+For a codec bundle (mimi), on a fixed speech-like test signal streamed frame by frame:
+- `codec_encoder`: the fraction of codes the quantized encoder reproduces (all codebooks, and codebook 0);
+- `codec_decoder`: the fp32 codes decoded by both decoders, SNR and log-mel distance;
+- sizes, and milliseconds per frame of each graph, fp32 and quantized.
 """
 
 from __future__ import annotations
@@ -102,20 +108,10 @@ def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mel
     return 10 * np.log10(np.maximum(power @ _mel_filters(sr, n_fft, n_mels).T, 1e-10))
 
 
-def _decode_all(voice, codes: list[list[int]]) -> np.ndarray:
-    decode = FrameDecoder(voice.model, voice.bundle.graphs["codec_decoder"], voice.sessions["codec_decoder"].run)
-    fpc = voice.model["frames_per_call"]
-    chunks = [decode(codes[i:i + fpc]) for i in range(0, len(codes), fpc)]
-    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
-
-
 def _codec(ref_voice, q_voice, codes: list[list[int]]) -> dict[str, float]:
-    a, b = _decode_all(ref_voice, codes), _decode_all(q_voice, codes)
-    noise = float(np.sum((a - b) ** 2))
-    snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(a ** 2)), 1e-30) / noise)
-    sr = ref_voice.sample_rate
-    return {"snr_db": snr, "log_mel_db": float(np.mean(np.abs(log_mel(a, sr) - log_mel(b, sr)))),
-            "seconds": a.size / sr}
+    a, b = (_stream_decode(v.sessions["codec_decoder"], v.bundle, np.array(codes, np.int64).T)[0]
+            for v in (ref_voice, q_voice))
+    return _compare_audio(a, b, ref_voice.sample_rate)
 
 
 def _greedy(voice, frames: int) -> tuple[list[list[int]], dict[str, float]]:
@@ -141,27 +137,95 @@ def _sizes(ref: Bundle, q: Bundle, backend: str) -> dict[str, dict[str, Any]]:
         before, after = ref.file_bytes(name, backend), q.file_bytes(name, backend)
         out[name] = {"recipe": g["recipe"], "bytes_before": before, "bytes_after": after,
                      "ratio": after / before if before else 1.0}
+        if g.get("parameters"):  # bundles exported before the manifest recorded it have no count
+            out[name]["parameters"] = g["parameters"]
+            out[name]["bytes_per_parameter"] = after / g["parameters"]
     return out
 
 
-def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict[str, Any]:
-    """Measure quantized `bundle` against its fp32 bundle `against`, both run with `backend`."""
+def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
+    """A fixed speech-like signal: a voiced glide (harmonics under syllable-rate bursts) plus a little noise."""
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voiced = sum(np.sin(h * phase) / h for h in range(1, 16))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
+    noise = np.random.default_rng(0).standard_normal(t.size)
+    return (0.1 * envelope * voiced + 0.01 * noise).astype(np.float32)
+
+
+def _stream_encode(session, spec: dict, audio: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """Encode `audio` `n` samples at a time through `codec_encoder`: codes (K, frames), seconds per call."""
+    state = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec["state"]}
+    codes, seconds = [], []
+    for i in range(0, audio.size - n + 1, n):
+        t = time.perf_counter()
+        out = session.run({"audio": audio[i:i + n].reshape(1, 1, n), **state})
+        seconds.append(time.perf_counter() - t)
+        state = {name: out[f"{name}_next"] for name in state}
+        codes.append(out["codes"][0])
+    return np.concatenate(codes, axis=-1), float(np.median(seconds))
+
+
+def _stream_decode(session, bundle: Bundle, codes: np.ndarray) -> tuple[np.ndarray, float]:
+    """Decode codes (K, frames) through `codec_decoder`: audio, seconds per call."""
+    seconds: list[float] = []
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        out = session.run(feeds)
+        seconds.append(time.perf_counter() - t)
+        return out
+
+    decode = FrameDecoder(bundle.model, bundle.graphs["codec_decoder"], run)
+    frames, fpc = codes.T.tolist(), bundle.model["frames_per_call"]
+    audio = np.concatenate([decode(frames[i:i + fpc]) for i in range(0, len(frames), fpc)])
+    return audio.astype(np.float64), float(np.median(seconds))
+
+
+def _compare_audio(a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
+    noise = float(np.sum((a - b) ** 2))
+    snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(a ** 2)), 1e-30) / noise)
+    return {"snr_db": snr, "log_mel_db": float(np.mean(np.abs(log_mel(a, sr) - log_mel(b, sr)))),
+            "seconds": a.size / sr}
+
+
+def _evaluate_codec(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[str, Any]:
+    from edge.runtime.sessions import open_sessions
+
+    m = ref.model
+    sr, n = m["sample_rate"], m["samples_per_frame"] * m["frames_per_call"]
+    ref_s, q_s = open_sessions(ref, backend), open_sessions(q, backend)
+    result: dict[str, Any] = {"backend": backend, "recipes": {name: g["recipe"] for name, g in q.graphs.items()}}
+    ms: dict[str, dict[str, float]] = {"fp32": {}, "quantized": {}}
+    if "codec_encoder" in ref.graphs:
+        audio = test_signal(sr, frames * m["samples_per_frame"] / sr)
+        spec = ref.graphs["codec_encoder"]
+        codes, ms["fp32"]["codec_encoder"] = _stream_encode(ref_s["codec_encoder"], spec, audio, n)
+        q_codes, ms["quantized"]["codec_encoder"] = _stream_encode(q_s["codec_encoder"], spec, audio, n)
+        result["codec_encoder"] = {"code_agreement": float(np.mean(codes == q_codes)),
+                                   "codebook0_agreement": float(np.mean(codes[0] == q_codes[0]))}
+    else:  # a decoder-only bundle: decode fixed random codes
+        codes = np.random.default_rng(0).integers(0, m["codebook_size"], (m["num_codebooks"], frames))
+    if "codec_decoder" in ref.graphs:
+        a, ms["fp32"]["codec_decoder"] = _stream_decode(ref_s["codec_decoder"], ref, codes)
+        b, ms["quantized"]["codec_decoder"] = _stream_decode(q_s["codec_decoder"], q, codes)
+        result["codec"] = _compare_audio(a, b, sr)
+    result["frames"] = int(codes.shape[-1])
+    per_frame = 1000 / m["frames_per_call"]
+    result["per_frame_ms"] = {k: {g: per_frame * v for g, v in d.items()} for k, d in ms.items()}
+    return result
+
+
+def _evaluate_voice(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[str, Any]:
     from edge.runtime.loop import Voice
 
-    if frames < 1:
-        raise EdgeError(f"--frames must be at least 1, got {frames}")
-    q, ref = load_bundle(bundle), load_bundle(against)
-    if (q.family, q.manifest["preset"], set(q.graphs)) != (ref.family, ref.manifest["preset"], set(ref.graphs)):
-        raise EdgeError(f"{q.root} and {ref.root} are not bundles of the same model (preset and graphs differ)")
-    if any(g["recipe"] != "fp32" for g in ref.graphs.values()):
-        raise EdgeError(f"{ref.root} is itself quantized; compare against the fp32 bundle")
-    t = time.perf_counter()
     ref_voice, q_voice = Voice(ref, backend), Voice(q, backend)
     ref_codes, ref_ms = _greedy(ref_voice, frames)
     q_codes, q_ms = _greedy(q_voice, frames)
     tokens = ref_voice.tokenizer.encode(TEXT, 0)
     same = sum(a == b for a, b in zip(ref_codes, q_codes, strict=False))
-    result: dict[str, Any] = {
+    return {
         "backend": backend,
         "frames": len(ref_codes),
         "recipes": {n: g["recipe"] for n, g in q.graphs.items()},
@@ -170,8 +234,21 @@ def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", fra
         "greedy_first_divergence": next((i for i, (a, b) in enumerate(zip(ref_codes, q_codes, strict=False))
                                          if a != b), min(len(ref_codes), len(q_codes))),
         "codec": _codec(ref_voice, q_voice, ref_codes),
-        "sizes": _sizes(ref, q, backend),
         "per_frame_ms": {"fp32": ref_ms, "quantized": q_ms},
     }
+
+
+def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict[str, Any]:
+    """Measure quantized `bundle` against its fp32 bundle `against`, both run with `backend`."""
+    if frames < 1:
+        raise EdgeError(f"--frames must be at least 1, got {frames}")
+    q, ref = load_bundle(bundle), load_bundle(against)
+    if (q.family, q.manifest["preset"], set(q.graphs)) != (ref.family, ref.manifest["preset"], set(ref.graphs)):
+        raise EdgeError(f"{q.root} and {ref.root} are not bundles of the same model (preset and graphs differ)")
+    if any(g["recipe"] != "fp32" for g in ref.graphs.values()):
+        raise EdgeError(f"{ref.root} is itself quantized; compare against the fp32 bundle")
+    t = time.perf_counter()
+    run = _evaluate_voice if ref.family == "csm" else _evaluate_codec
+    result = {**run(ref, q, backend, frames), "sizes": _sizes(ref, q, backend)}
     log.info("evaluated %s against %s (%s) in %.1f s", q.root, ref.root, backend, time.perf_counter() - t)
     return result
