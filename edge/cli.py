@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -265,6 +266,9 @@ def speak(
 
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    # A plain SIGTERM (a job scheduler, `kill`) would end Python without unwinding, leaving half-written
+    # bundles and WAVs behind; as SystemExit it unwinds through the writers' cleanup like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         app(standalone_mode=False)
     except EdgeError as e:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -102,3 +106,16 @@ def test_export_with_recipe(tmp_path):
     bad = edge_cli("export", "csm-tiny", "--recipe", "lm=int9", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown recipe 'int9'" in bad.stderr.decode()
     assert not (tmp_path / "bad").exists()
+
+
+def test_terminated_export_leaves_nothing(tmp_path):
+    """SIGTERM in the middle of an export (a scheduler, `kill`) unwinds like Ctrl-C: no half bundle."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "export", "csm-tiny", "--out", str(tmp_path / "b")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not any(tmp_path.glob(".b.*.partial")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the export never started writing"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
