@@ -15,6 +15,7 @@ fixed-shape tensors starting from zeros; the graph contract is in `edge.export.g
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -259,12 +260,16 @@ class Quantizer(nn.Module):
     def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int) -> None:
         super().__init__()
         n_sem = quantizer.num_semantic_quantizers
-        self.rvqs = nn.ModuleList([quantizer.semantic_residual_vector_quantizer])
+        rvqs = [quantizer.semantic_residual_vector_quantizer]
         self.counts = [min(num_codebooks, n_sem)]
         if num_codebooks > n_sem:
-            self.rvqs.append(quantizer.acoustic_residual_vector_quantizer)
+            rvqs.append(quantizer.acoustic_residual_vector_quantizer)
             self.counts.append(num_codebooks - n_sem)
-        for g, (rvq, n) in enumerate(zip(self.rvqs, self.counts, strict=True)):
+        # Only what the graphs use is kept (the projections and the centroid tables), so that the
+        # module's weights are exactly the exported ones.
+        self.input_projs = nn.ModuleList([rvq.input_proj or nn.Identity() for rvq in rvqs])
+        self.output_projs = nn.ModuleList([rvq.output_proj or nn.Identity() for rvq in rvqs])
+        for g, (rvq, n) in enumerate(zip(rvqs, self.counts, strict=True)):
             # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage.
             tables = [
                 cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]
@@ -278,14 +283,12 @@ class Quantizer(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (1, K, T) int64 -> latents (1, hidden, T)."""
         out, first = None, 0
-        for g, (rvq, n) in enumerate(zip(self.rvqs, self.counts, strict=True)):
+        for g, n in enumerate(self.counts):
             tables = self.tables(g)
             q = F.embedding(codes[:, first], tables[0])
             for i in range(1, n):
                 q = q + F.embedding(codes[:, first + i], tables[i])
-            q = q.transpose(1, 2)
-            if rvq.output_proj is not None:
-                q = rvq.output_proj(q)
+            q = self.output_projs[g](q.transpose(1, 2))
             out = q if out is None else out + q
             first += n
         return out
@@ -293,10 +296,9 @@ class Quantizer(nn.Module):
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (1, hidden, T) -> codes (1, K, T) int64 (nearest centroid, residual by residual)."""
         codes = []
-        for g, (rvq, n) in enumerate(zip(self.rvqs, self.counts, strict=True)):
+        for g, n in enumerate(self.counts):
             tables = self.tables(g)
-            residual = latents if rvq.input_proj is None else rvq.input_proj(latents)
-            residual = residual.transpose(1, 2)  # (1, T, D)
+            residual = self.input_projs[g](latents).transpose(1, 2)  # (1, T, D)
             for i in range(n):
                 index = torch.cdist(residual, tables[i][None], p=2).argmin(dim=-1)  # (1, T)
                 residual = residual - F.embedding(index, tables[i])
@@ -319,7 +321,7 @@ def _check(codec: MimiModel, num_codebooks: int, frames_per_call: int) -> None:
 
 
 def samples_per_frame(config: MimiConfig) -> int:
-    return int(torch.tensor(config.upsampling_ratios).prod()) * config.latent_stride
+    return math.prod(config.upsampling_ratios) * config.latent_stride
 
 
 def _split(state: tuple[torch.Tensor, ...], sizes: list[int]) -> list[States]:
