@@ -59,7 +59,7 @@ def print_profile(out: Console, result: dict) -> None:
                 ms = p["graph_ms"]
                 proj.add_row(d, _ms(ms["lm_step"]), _ms(ms["depth_step"]), _ms(ms["codec_decoder"]),
                              _ms(p["per_frame_ms"]), f"{p['rtf']:.3f}", "yes" if p["real_time"] else "[red]no[/]",
-                             f"{p['memory_share_of_ram']:.1%}", "yes" if p["fits_in_ram"] else "[red]no[/]")
+                             f"{p['memory_share_of_ram']:.2%}", "yes" if p["fits_in_ram"] else "[red]no[/]")
             out.print(proj)
     _assumptions(out, result)
 

@@ -136,7 +136,7 @@ def _section(b: dict, backend: str, r: dict) -> str:
          "memory / RAM", "fits"],
         [[d, _ms(p["graph_ms"]["lm_step"]), _ms(p["graph_ms"]["depth_step"]), _ms(p["graph_ms"]["codec_decoder"]),
           _ms(p["per_frame_ms"]), f"{p['rtf']:.3f}", "yes" if p["real_time"] else "NO",
-          f"{p['memory_share_of_ram']:.1%}", "yes" if p["fits_in_ram"] else "NO"]
+          f"{p['memory_share_of_ram']:.2%}", "yes" if p["fits_in_ram"] else "NO"]
          for d, p in r["projections"].items()])
     ident = f"{b['name']}-{backend}"
     return f"""
