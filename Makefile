@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle $(DEMO) --backend executorch --out out/demo-et.wav --json
 	$(BIN)/edge quantize $(DEMO) --recipe lm=int8,depth=int8,codec=fp16 --backend onnx --out out/demo-int8 --force
 	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle out/demo-int8 --out out/demo-int8.wav
-	@echo "Not built yet: profile (issue 6), the benchmark table (issue 7), a trained voice (issue 8);"
+	@echo "Not built yet: the benchmark table (issue 7), a trained voice (issue 8);"
 	@echo "csm-tiny has random weights, so out/demo.wav is babble with the right shape and timing."
 
 lint: install

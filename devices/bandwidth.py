@@ -12,21 +12,21 @@ any cache. It takes a second or two and is cached per machine under the edge cac
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
+
+from edge.devices.cache import cache_file, cached_measurement, machine_id
 
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 256 * 2**20  # far past any L3 here; small enough to be quick
 REPEATS = 5
+CACHE_NAME = "bandwidth.json"
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,6 @@ class Bandwidth:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def machine_id() -> str:
-    """What identifies this machine's memory system well enough to reuse a cached measurement."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{platform.node()}|{cpu}|{os.cpu_count()} cpus"
 
 
 def _best_rate(fn, parts: list, nbytes: int, pool: ThreadPoolExecutor) -> float:
@@ -79,33 +68,13 @@ def measure_bandwidth(threads: int | None = None, buffer_bytes: int = BUFFER_BYT
                      time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def _cache_file() -> Path:
-    from edge.api import cache_dir
-
-    return cache_dir() / "bandwidth.json"
-
-
 def machine_bandwidth(threads: int | None = None, refresh: bool = False) -> Bandwidth:
     """This machine's bandwidth, measured once and cached (keyed by machine and thread count)."""
     threads = threads or max(1, len(os.sched_getaffinity(0)))
-    path = _cache_file()
-    key = f"{machine_id()}|threads={threads}"
-    cached: dict = {}
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cached = {}
-    if not refresh and key in cached:
-        return Bandwidth(**cached[key])
-    log.info("measuring this machine's memory bandwidth (%d threads; once, then cached in %s)", threads, path)
-    bw = measure_bandwidth(threads)
-    cached[key] = bw.to_json()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cached, indent=2) + "\n")
-        tmp.replace(path)
-    except OSError as e:  # a read-only cache is no reason to fail a profile
-        log.warning("could not cache the bandwidth measurement in %s: %s", path, e)
-    return bw
+
+    def measure() -> dict:
+        log.info("measuring this machine's memory bandwidth (%d threads; once, then cached in %s)", threads,
+                 cache_file(CACHE_NAME))
+        return measure_bandwidth(threads).to_json()
+
+    return Bandwidth(**cached_measurement(CACHE_NAME, f"{machine_id()}|threads={threads}", measure, refresh))

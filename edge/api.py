@@ -1,7 +1,8 @@
 """The Python API; each function mirrors an `edge` command.
 
-    from edge.api import speak
+    from edge.api import speak, profile
     speak("Hello there.", out="hello.wav")            # default preset, exported on first use
+    profile(["bundle"], devices=["raspberry-pi-5"])   # what `edge profile bundle --device raspberry-pi-5` measures
     voice = Voice.load("bundle", backend="onnx")      # or drive the stream yourself
     for chunk in voice.stream("Hello there."): ...
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,7 +26,7 @@ from edge.runtime.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Voice", "SamplingConfig", "default_bundle", "speak"]
+__all__ = ["Voice", "SamplingConfig", "default_bundle", "devices", "profile", "speak"]
 
 
 def cache_dir() -> Path:
@@ -91,3 +93,39 @@ def speak(
         "frames": stream.stats.frames,
         "stats": stream.stats.to_json(),
     }
+
+
+def devices() -> list[dict[str, Any]]:
+    """The device catalogue (what `edge devices --json` prints): each device's facts with their sources."""
+    from edge.devices.catalogue import load_catalogue
+
+    return [d.summary() for d in load_catalogue().values()]
+
+
+def profile(
+    bundles: str | Path | list[str | Path],
+    devices: list[str] | None = None,
+    backends: list[str] | None = None,
+    threads: int | None = None,
+    frames: int = 25,
+    repeats: int = 20,
+    report: str | Path | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Profile one or more voice bundles here and project them onto catalogued devices (`edge profile`).
+
+    `devices`: catalogue names (default: all). `report`: a directory for a self-contained HTML page.
+    Returns what `edge profile --json` prints; projections are estimates and say so.
+    """
+    from edge.devices.catalogue import get_device, load_catalogue
+    from edge.devices.profiler import profile as run_profile
+    from edge.devices.report import check_report_dir, write_report
+
+    chosen = [get_device(n) for n in devices] if devices else list(load_catalogue().values())
+    if report is not None:
+        check_report_dir(Path(report))  # before the slow part
+    paths = bundles if isinstance(bundles, list) else [bundles]
+    result = run_profile(paths, chosen, backends, threads, frames, repeats, on_step)
+    if report is not None:
+        result["report"] = str(write_report(result, Path(report)))
+    return result

@@ -264,6 +264,86 @@ def speak(
                   f"RTF {s['rtf']:.3f} ({backend})")
 
 
+@app.command()
+def devices(
+    name: Annotated[str | None, typer.Argument(help="Show one device's facts with their sources.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the catalogue (facts and sources) as JSON.")] = False,
+) -> None:
+    """List the device catalogue: the facts that bound speed (memory bandwidth, cores, RAM, NPU, backends).
+
+    Every fact carries its public source; derived figures (peak GFLOP/s = cores x clock x FLOPs per
+    cycle, bandwidth = transfer rate x bus width) say how they were derived. `edge profile --device NAME`
+    projects a bundle onto one of them.
+    """
+    from edge.api import devices as api_devices
+    from edge.devices.catalogue import get_device
+
+    if name is not None:
+        device = get_device(name).summary()
+        if as_json:
+            _print_json(device)
+        else:
+            Console().print_json(json.dumps(device["facts"]))
+        return
+    catalogue = api_devices()
+    if as_json:
+        _print_json(catalogue)
+        return
+    table = Table("device", "DRAM\nGB/s", "cores", "FP32 GFLOP/s\n(derived)", "RAM\nGB", "NPU\nTOPS",
+                  title="Device catalogue (facts and sources: edge devices NAME)")
+    for d in catalogue:
+        npu = "-" if d["npu"] is None else str(d["npu"]["tops"] or "n/a")
+        table.add_row(d["name"], f"{d['memory_bandwidth_gbs']:g}", str(d["cores"]), f"{d['peak_fp32_gflops']:.0f}",
+                      f"{d['ram_gb']:g}", npu)
+    Console().print(table)
+
+
+@app.command()
+def profile(
+    bundles: Annotated[list[Path], typer.Argument(metavar="BUNDLE...", help="Voice bundle(s) to profile.")],
+    compare: Annotated[bool, typer.Option("--compare", help="Put several bundles side by side (e.g. fp32, int8, "
+                                                            "int4 of the same voice).")] = False,
+    device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Catalogued device to project onto "
+                                                     "(repeat for several; default: all, see `edge devices`).")] = None,
+    backend: Annotated[list[str] | None, typer.Option(help="onnx or executorch (repeat for both; default: onnx "
+                                                           "when the bundle has it).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: all cores).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames of audio to speak for the per-frame numbers.")] = 25,
+    repeats: Annotated[int, typer.Option(help="Timed calls per graph (after warm-up).")] = 20,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report (index.html + "
+                                                     "profile.json) into this directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
+    """Measure a voice bundle on this machine, per graph and per frame, and project it onto devices.
+
+    Measured here: each graph's file and parameter size, latency per call (median, p90) alone and
+    inside the streaming loop, the per-frame split (lm, depth loop, codec, host), time to first
+    audio, real-time factor, peak resident memory, and the operators that dominate (onnxruntime
+    profiler, ExecuTorch ETDump). Projected per catalogued device: each graph's latency from a
+    roofline model calibrated on this machine, whether the voice keeps up with real time, and
+    whether it fits in memory. Projections are ESTIMATES and print their assumptions.
+    """
+    from edge.api import profile as api_profile
+
+    if compare and len(bundles) < 2:
+        raise EdgeError("--compare needs at least two bundles, e.g. edge profile --compare voice voice-int8")
+    if not compare and len(bundles) > 1:
+        raise EdgeError(f"got {len(bundles)} bundles; pass --compare to put several side by side")
+    with _progress(as_json) as progress:
+        task = progress.add_task("profile", total=None)
+        result = api_profile(bundles, device, backend, threads, frames, repeats, report,
+                             on_step=lambda d: progress.update(task, description=d))
+    if as_json:
+        _print_json(result)
+        return
+    from edge.devices.render import print_compare, print_profile
+
+    out = Console()
+    print_compare(out, result) if compare else print_profile(out, result)
+    if report is not None:
+        err.print(f"wrote [bold]{result['report']}[/]")
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     # A plain SIGTERM (a job scheduler, `kill`) would end Python without unwinding, leaving half-written

@@ -1,0 +1,83 @@
+"""This machine's measured FP32 matmul throughput: the compute anchor of the roofline.
+
+The same engine and thread count as the runtime: onnxruntime runs one large MatMul (N x N x N,
+2 N^3 FLOPs) on the CPU execution provider; the best of a few calls gives sustained GFLOP/s.
+Measured once per machine and thread count, cached next to the bandwidth measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edge.devices.cache import cache_file, cached_measurement, machine_id
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+SIZE = 1024
+REPEATS = 5
+CACHE_NAME = "compute.json"
+
+
+@dataclass(frozen=True)
+class Compute:
+    gflops: float  # sustained FP32 GFLOP/s of one large onnxruntime MatMul
+    threads: int
+    size: int
+    machine: str
+    measured_at: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _matmul_model(n: int) -> bytes:
+    try:
+        from onnx import TensorProto, helper
+    except ImportError as e:
+        raise EdgeError(f"measuring compute needs the onnx package ({e.name} missing): "
+                        "pip install 'edge-codec-tts[export]'") from None
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
+    import onnxruntime as ort
+
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(_matmul_model(size), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
+    sess.run(None, feeds)  # warm-up: packing, thread pool start
+    best = float("inf")
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t)
+    return Compute(round(2 * size**3 / best / 1e9, 2), threads, size, machine_id(), time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def machine_compute(threads: int | None = None, refresh: bool = False) -> Compute:
+    """This machine's FP32 matmul throughput, measured once and cached (keyed by machine and thread count)."""
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+
+    def measure() -> dict:
+        log.info("measuring this machine's matmul throughput (%d threads; once, then cached in %s)", threads,
+                 cache_file(CACHE_NAME))
+        return measure_compute(threads).to_json()
+
+    return Compute(**cached_measurement(CACHE_NAME, f"{machine_id()}|threads={threads}", measure, refresh))
