@@ -116,6 +116,7 @@ def quantize_tables(model: onnx.ModelProto, bits: int, group: int, notes: list[s
     """Replace each `Gather(constant table, ids)` on axis 0 by a gather of quantized rows + dequantization."""
     inits = _initializers(model)
     nodes, count = [], 0
+    shared: dict[str, tuple[str, str, int, int]] = {}  # table -> (quantized data, scales, bits, group)
     for node in model.graph.node:
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
@@ -127,16 +128,19 @@ def quantize_tables(model: onnx.ModelProto, bits: int, group: int, notes: list[s
             notes.append(f"kept fp32: table {table.name} (gathered on axis {axis}, not 0)")
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(table)
-        b = bits
-        try:
-            q = quantize_table(w, b, group)
-        except ValueError:
-            b = 8  # int4 packs pairs: an odd row length falls back to int8
-            q = quantize_table(w, b, group)
-            notes.append(f"table {table.name}: last axis {w.shape[-1]} is odd, int8 instead of int4")
-        nodes.extend(_dequant_gather(model, node, q.data, q.scales, b, q.group, w.shape))
-        notes.append(f"table {table.name} {list(w.shape)}: int{b}, group {q.group}")
+        if table.name not in shared:  # a table gathered by several nodes is quantized once, for all of them
+            w = numpy_helper.to_array(table)
+            b = bits
+            try:
+                q = quantize_table(w, b, group)
+            except ValueError:
+                b = 8  # int4 packs pairs: an odd row length falls back to int8
+                q = quantize_table(w, b, group)
+                notes.append(f"table {table.name}: last axis {w.shape[-1]} is odd, int8 instead of int4")
+            shared[table.name] = (_const(model, q.data, f"{table.name}_qdata"),
+                                  _const(model, q.scales, f"{table.name}_qscale"), b, q.group)
+            notes.append(f"table {table.name} {list(w.shape)}: int{b}, group {q.group}")
+        nodes.extend(_dequant_gather(model, node, *shared[table.name], tuple(table.dims)))
         count += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
@@ -144,7 +148,7 @@ def quantize_tables(model: onnx.ModelProto, bits: int, group: int, notes: list[s
     return count
 
 
-def _dequant_gather(model: onnx.ModelProto, node: onnx.NodeProto, data: np.ndarray, scales: np.ndarray,
+def _dequant_gather(model: onnx.ModelProto, node: onnx.NodeProto, qdata: str, qscale: str,
                     bits: int, group: int, shape: tuple[int, ...]) -> list[onnx.NodeProto]:
     p = node.name or node.output[0]
     ids, out = node.input[1], node.output[0]
@@ -153,8 +157,6 @@ def _dequant_gather(model: onnx.ModelProto, node: onnx.NodeProto, data: np.ndarr
     def t(suffix: str) -> str:
         return _unique(model, f"{p}_{suffix}")
 
-    qdata = _const(model, data, f"{p}_qdata")
-    qscale = _const(model, scales, f"{p}_qscale")
     rows, srows, sf, sfu, ishape = t("rows"), t("srows"), t("sf"), t("sfu"), t("ishape")
     nodes = [
         helper.make_node("Gather", [qdata, ids], [rows], axis=0),

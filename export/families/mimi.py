@@ -270,15 +270,15 @@ class Quantizer(nn.Module):
         self.input_projs = nn.ModuleList([rvq.input_proj or nn.Identity() for rvq in rvqs])
         self.output_projs = nn.ModuleList([rvq.output_proj or nn.Identity() for rvq in rvqs])
         for g, (rvq, n) in enumerate(zip(rvqs, self.counts, strict=True)):
-            # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage.
-            tables = [
-                cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]
-                for cb in (layer.codebook for layer in rvq.layers[:n])
-            ]
-            self.register_buffer(f"tables{g}", torch.stack(tables).detach().clone(), persistent=False)
+            for i, layer in enumerate(rvq.layers[:n]):
+                # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage. One 2-D
+                # table per codebook, so that exported graphs gather rows straight from it.
+                cb = layer.codebook
+                table = cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]
+                self.register_buffer(f"table{g}_{i}", table.detach().clone(), persistent=False)
 
-    def tables(self, g: int) -> torch.Tensor:
-        return getattr(self, f"tables{g}")
+    def tables(self, g: int) -> list[torch.Tensor]:
+        return [getattr(self, f"table{g}_{i}") for i in range(self.counts[g])]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (1, K, T) int64 -> latents (1, hidden, T)."""
