@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -356,12 +355,15 @@ def main() -> None:
             traceback.print_exc()
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except typer.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.TyperException as e:  # usage errors (unknown option, missing argument): typer's own click
         e.show()
         sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
     except BrokenPipeError:

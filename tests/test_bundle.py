@@ -118,3 +118,16 @@ def test_cli_inspect_missing_path(tmp_path):
 def test_copy_is_still_valid(bundle, tmp_path):
     shutil.copytree(bundle, tmp_path / "copy")
     assert load_bundle(tmp_path / "copy").backends() == ["onnx"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["inspect", "--bogus"], "No such option: --bogus"),
+    (["speak"], "Missing argument 'text'"),
+])
+def test_cli_usage_errors(args, message):
+    """Usage errors are the CLI's usual usage line + error and exit 2, not an internal error."""
+    r = edge_cli(*args)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and message in err and "internal error" not in err and "Traceback" not in err, err
+    v = edge_cli("--version")
+    assert v.returncode == 0 and v.stdout.decode().startswith("edge ")
