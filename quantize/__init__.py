@@ -146,7 +146,7 @@ def _reference_graphs(bundle: Bundle, on_step: Callable[[str], None]) -> dict[st
 
 
 def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict:
-    """What quantization cost: see `edge.quantize.evaluate.evaluate`."""
-    from edge.quantize.evaluate import evaluate as _evaluate
+    """What quantization cost: see `edge.quantize.accuracy.evaluate`."""
+    from edge.quantize.accuracy import evaluate as _evaluate
 
     return _evaluate(bundle, against, backend, frames)

@@ -109,7 +109,7 @@ def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mel
 
 
 def _codec(ref_voice, q_voice, codes: list[list[int]]) -> dict[str, float]:
-    a, b = (_stream_decode(v.sessions["codec_decoder"], v.bundle, np.array(codes, np.int64).T)[0]
+    a, b = (decode_stream(v.sessions["codec_decoder"], v.bundle, np.array(codes, np.int64).T)[0]
             for v in (ref_voice, q_voice))
     return _compare_audio(a, b, ref_voice.sample_rate)
 
@@ -154,7 +154,7 @@ def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
     return (0.1 * envelope * voiced + 0.01 * noise).astype(np.float32)
 
 
-def _stream_encode(session, spec: dict, audio: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+def encode_stream(session, spec: dict, audio: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     """Encode `audio` `n` samples at a time through `codec_encoder`: codes (K, frames), seconds per call."""
     state = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec["state"]}
     codes, seconds = [], []
@@ -167,7 +167,17 @@ def _stream_encode(session, spec: dict, audio: np.ndarray, n: int) -> tuple[np.n
     return np.concatenate(codes, axis=-1), float(np.median(seconds))
 
 
-def _stream_decode(session, bundle: Bundle, codes: np.ndarray) -> tuple[np.ndarray, float]:
+def codec_codes(bundle: Bundle, encoder, frames: int) -> tuple[np.ndarray, float]:
+    """Codes (K, frames) to decode: the test signal through `encoder` (the bundle's `codec_encoder` session), or
+    fixed random codes when there is none (a decoder-only bundle); with the encoder's seconds per call (0 if none)."""
+    m = bundle.model
+    if encoder is None:
+        return np.random.default_rng(0).integers(0, m["codebook_size"], (m["num_codebooks"], frames)), 0.0
+    audio = test_signal(m["sample_rate"], frames * m["samples_per_frame"] / m["sample_rate"])
+    return encode_stream(encoder, bundle.graphs["codec_encoder"], audio, m["samples_per_frame"] * m["frames_per_call"])
+
+
+def decode_stream(session, bundle: Bundle, codes: np.ndarray) -> tuple[np.ndarray, float]:
     """Decode codes (K, frames) through `codec_decoder`: audio, seconds per call."""
     seconds: list[float] = []
 
@@ -194,22 +204,19 @@ def _evaluate_codec(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[s
     from edge.runtime.sessions import open_sessions
 
     m = ref.model
-    sr, n = m["sample_rate"], m["samples_per_frame"] * m["frames_per_call"]
+    sr = m["sample_rate"]
     ref_s, q_s = open_sessions(ref, backend), open_sessions(q, backend)
     result: dict[str, Any] = {"backend": backend, "recipes": {name: g["recipe"] for name, g in q.graphs.items()}}
     ms: dict[str, dict[str, float]] = {"fp32": {}, "quantized": {}}
+    codes, enc_s = codec_codes(ref, ref_s.get("codec_encoder"), frames)
     if "codec_encoder" in ref.graphs:
-        audio = test_signal(sr, frames * m["samples_per_frame"] / sr)
-        spec = ref.graphs["codec_encoder"]
-        codes, ms["fp32"]["codec_encoder"] = _stream_encode(ref_s["codec_encoder"], spec, audio, n)
-        q_codes, ms["quantized"]["codec_encoder"] = _stream_encode(q_s["codec_encoder"], spec, audio, n)
+        ms["fp32"]["codec_encoder"] = enc_s
+        q_codes, ms["quantized"]["codec_encoder"] = codec_codes(q, q_s["codec_encoder"], frames)
         result["codec_encoder"] = {"code_agreement": float(np.mean(codes == q_codes)),
                                    "codebook0_agreement": float(np.mean(codes[0] == q_codes[0]))}
-    else:  # a decoder-only bundle: decode fixed random codes
-        codes = np.random.default_rng(0).integers(0, m["codebook_size"], (m["num_codebooks"], frames))
     if "codec_decoder" in ref.graphs:
-        a, ms["fp32"]["codec_decoder"] = _stream_decode(ref_s["codec_decoder"], ref, codes)
-        b, ms["quantized"]["codec_decoder"] = _stream_decode(q_s["codec_decoder"], q, codes)
+        a, ms["fp32"]["codec_decoder"] = decode_stream(ref_s["codec_decoder"], ref, codes)
+        b, ms["quantized"]["codec_decoder"] = decode_stream(q_s["codec_decoder"], q, codes)
         result["codec"] = _compare_audio(a, b, sr)
     result["frames"] = int(codes.shape[-1])
     per_frame = 1000 / m["frames_per_call"]
