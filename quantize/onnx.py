@@ -291,9 +291,30 @@ def _int8_block(model: onnx.ModelProto) -> int:
     return max(16, min(INT8_BLOCK, 1 << (int(k).bit_length() - 1)))
 
 
+def _searches(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose result only feeds an ArgMin/ArgMax (through elementwise ops): nearest-centroid searches,
+    such as a codec encoder's distances to its codebook. Per-tensor activation quantization flattens the small
+    differences between candidate distances the argmin picks from, so these stay fp32."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("ArgMin", "ArgMax"):
+            continue
+        x = producer.get(node.input[0])
+        while x is not None and x.op_type in ("Sqrt", "Clip", "Relu", "Add", "Sub", "Mul", "Neg", "Abs"):
+            x = producer.get(x.input[0])
+        if x is not None and x.op_type in ("MatMul", "Gemm"):
+            found.append(x.name)
+    return found
+
+
 def _static_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
                 notes: list[str]) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    searches = _searches(model)
+    if searches:
+        notes.append(f"kept fp32: {len(searches)} nearest-centroid search MatMul(s) (argmin over distances)")
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
@@ -302,7 +323,7 @@ def _static_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]]
             src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Conv", "ConvTranspose", "Gather"],
-            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
+            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True, nodes_to_exclude=searches,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
         out = onnx.load(str(dst))

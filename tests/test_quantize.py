@@ -220,8 +220,9 @@ def mimi_tiny(tmp_path_factory):
 
 
 # recipe -> (min SNR dB, min codebook-0 agreement, min all-codebook agreement); measured on mimi-tiny, whose
-# random codebooks put nearest codes near ties: int8 27.7 dB, 0.5, 0.26; npu-int8 22.0 dB, 0.7, 0.6
-CODEC_THRESHOLDS = {"int8": (20.0, 0.3, 0.15), "npu-int8": (15.0, 0.4, 0.3)}
+# random codebooks put nearest codes near ties: int8 27.7 dB, 0.5, 0.26; npu-int8 22.0 dB, 0.9, 0.87 (its
+# nearest-centroid searches stay fp32: quantized per tensor they gave 0.7 and 0.6 here, 0.0 on the real Mimi)
+CODEC_THRESHOLDS = {"int8": (20.0, 0.3, 0.15), "npu-int8": (15.0, 0.6, 0.5)}
 
 
 @pytest.mark.parametrize("recipe", list(CODEC_THRESHOLDS))
