@@ -22,7 +22,7 @@ from torch import nn
 
 from edge.export.executorch import export_executorch
 from edge.export.graph import Graph
-from edge.quantize.tables import quantize_table
+from edge.quantize.tables import INT8_GROUP, quantize_table
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def quantize_graph(graph: Graph, recipe: str, group_size: int, path: Path,
         _to_half(module, notes)
         program = _export(module, args)
     elif recipe == "int8":
-        _replace_embeddings(module, 8, 0, notes)
+        _replace_embeddings(module, 8, INT8_GROUP, notes)
         program = _int8(module, args, notes)
     elif recipe == "int4":
         _replace_embeddings(module, 4, group_size, notes)

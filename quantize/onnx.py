@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.export.onnx import save_onnx
-from edge.quantize.tables import quantize_table
+from edge.quantize.tables import INT8_GROUP, quantize_table
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def quantize_file(src: Path, dst: Path, recipe: str, group_size: int,
         if convs := _count(model, "Conv") + _count(model, "ConvTranspose"):
             notes.append(f"kept fp32: {convs} Conv/ConvTranspose (onnxruntime has no int4 convolution; use int8)")
     elif recipe == "int8":
-        quantize_tables(model, 8, 0, notes)
+        quantize_tables(model, 8, INT8_GROUP, notes)
         model = _int8(model, notes)
     elif recipe == "npu-int8":
         if not calibration:

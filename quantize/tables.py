@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# int8 tables keep one scale per this many values of a row (or per row when it does not divide the row):
+# per row for ordinary embeddings, and still fine-grained for a row that is a whole flattened matrix.
+INT8_GROUP = 1024
+
 
 @dataclass
 class QuantTable:

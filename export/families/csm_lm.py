@@ -194,7 +194,12 @@ class DepthStep(_Stack):
         self.project = depth.model.inputs_embeds_projector
         self.rotary = depth.model.rotary_emb
         self.norm = depth.model.norm
-        self.heads = depth.codebooks_head  # weight (K-1, hidden, V): head i predicts codebook i+1
+        # Head i (hidden, V) predicts codebook i+1. As an embedding with one flattened head per row (a view of
+        # the reference weight, not a copy), each step reads just its head, and the quantizers treat the heads
+        # as the lookup table they are: grouped along the flattened row, which V (2051 in CSM) alone cannot be.
+        heads = depth.codebooks_head.weight
+        self.head_shape = tuple(heads.shape[1:])
+        self.heads = nn.Embedding.from_pretrained(heads.detach().flatten(1), freeze=True)
         self.vocab_size: int = depth.config.vocab_size
 
     def forward(
@@ -207,7 +212,7 @@ class DepthStep(_Stack):
         cos, sin = self.rotary(x, position.view(1, 1))
         x, depth_kv = self.step(x, cos, sin, depth_kv, position)
         x = self.norm(x)  # (1, 1, depth hidden)
-        logits = torch.matmul(x, self.heads.weight.index_select(0, codebook)).squeeze(1)  # (1, V)
+        logits = torch.matmul(x, self.heads(codebook).view(self.head_shape)).squeeze(1)  # (1, V)
         logits = torch.where(position.unsqueeze(1) > 0, logits, 0.0)
         return logits, depth_kv
 
