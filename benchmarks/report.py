@@ -132,9 +132,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     load = results["load_average"]
     out = ["# Benchmarks", "",
            f"Written by `{results['command']}` on {results['date']} in {results['wall_seconds'] / 60:.1f} min "
-           "(exports and quantization included). Every figure below comes from that run; rerun it to refresh "
-           "this file and `benchmarks/results.json` (the same figures, every speed-up over eager under "
-           "`speedup_vs_eager`).", "", "## Targets", "", "| target | status | measured |", "| --- | --- | --- |"]
+           "(exports and quantization of bundles not reused from `--work-dir` included). Every figure below "
+           "comes from that run; rerun it to refresh this file and `benchmarks/results.json` (the same figures, "
+           "every speed-up over eager under `speedup_vs_eager`).", "", "## Targets", "",
+           "| target | status | measured |", "| --- | --- | --- |"]
     out += [f"| {t} | {_verdict(ok)} | {fig} |" for t, ok, fig in targets(results)]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     out += ["", "## Machine", "",
@@ -185,9 +186,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 "| --- | --- | --- | --- | --- | --- |",
                 f"| Piper joe-medium | {p['sentences']} | {p['audio_seconds']:.2f} s | {_ms(p['first_audio'])} "
                 f"| {p['rtf']:.3f} | {p['peak_rss_mb']:.0f} MB |", ""]
-    if results.get("bundle_seconds"):
-        out += ["## Export and quantization time (this run)", "",
-                ", ".join(f"{k} {v:.0f} s" for k, v in results["bundle_seconds"].items()) + ".", ""]
+    built, reused = results.get("bundle_seconds", {}), results.get("bundles_reused", {})
+    if built or reused:
+        out += ["## Export and quantization time", ""]
+        if built:
+            out.append("Built in this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in built.items()) + ".")
+        if reused:
+            out.append("Reused from `--work-dir` (not counted in this run's time; what building them took when they "
+                       "were built, on the same machine): " + ", ".join(
+                           f"{k} {'unknown' if v is None else f'{v:.0f} s'}" for k, v in reused.items()) + ".")
+        out.append("")
     if NOTES.is_file():
         out += [NOTES.read_text().strip(), ""]
     path.write_text("\n".join(out))

@@ -71,13 +71,18 @@ class Bundles:
 
     def __init__(self, work: Path, backends: list[str], group_size: int):
         self.work, self.backends, self.group_size = work, backends, group_size
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # built in this run
+        self.log = work / "build_seconds.json"  # every bundle built in this work dir, for reuse
+        self.reused: dict[str, float | None] = {}
 
     def get(self, preset: str, recipe: str) -> str:
         from edge.bundle import load_bundle
 
-        path = self.work / f"{preset}-{recipe}"
+        name = f"{preset}-{recipe}"
+        path = self.work / name
         if (path / "manifest.json").is_file():
+            if name not in self.seconds:
+                self.reused[name] = json.loads(self.log.read_text()).get(name) if self.log.is_file() else None
             return str(load_bundle(path).root)
         t = time.perf_counter()
         if recipe == "fp32":
@@ -92,8 +97,10 @@ class Bundles:
             t = time.perf_counter()
             log.info("quantizing %s to %s (%s)", preset, recipe, ",".join(self.backends))
             quantize_bundle(src, recipe, path, self.group_size, backends=self.backends)
-        self.seconds[f"{preset}-{recipe}"] = round(time.perf_counter() - t, 1)
-        log.info("  %s-%s ready in %.0f s", preset, recipe, self.seconds[f"{preset}-{recipe}"])
+        self.seconds[name] = round(time.perf_counter() - t, 1)
+        built = json.loads(self.log.read_text()) if self.log.is_file() else {}
+        self.log.write_text(json.dumps({**built, name: self.seconds[name]}, indent=2) + "\n")
+        log.info("  %s ready in %.0f s", name, self.seconds[name])
         return str(path)
 
 
@@ -230,6 +237,7 @@ def main() -> None:
             log.info("piper reference")
             results["piper"] = run_worker("piper", repeats=args.repeats, threads=args.threads)
         results["bundle_seconds"] = bundles.seconds
+        results["bundles_reused"] = bundles.reused
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     results["load_average"] = {"start": [round(x, 2) for x in load_before],
                                "end": [round(x, 2) for x in os.getloadavg()]}
