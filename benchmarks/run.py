@@ -47,8 +47,8 @@ SECTIONS = ("e2e", "codec", "roofline", "piper")
 PRESETS = ("csm-tiny", "csm-medium")
 BACKENDS = ("onnx", "executorch")
 RECIPES = ("fp32", "int8", "int4")
-# Frames per end-to-end run: 3.2 s of audio on csm-tiny, 1.6 s on csm-medium (whose eager generate is slow).
-DEFAULT_FRAMES = {"csm-tiny": 40, "csm-medium": 20}
+# Frames per end-to-end run: 3.2 s of audio on csm-tiny, 0.96 s on csm-medium (whose eager generate is slow).
+DEFAULT_FRAMES = {"csm-tiny": 40, "csm-medium": 12}
 CODEC_PRESET = "csm-medium"  # its codec is the real Mimi config
 VERSIONS = ("torch", "onnxruntime", "executorch", "transformers", "torchao", "numpy", "edge-codec-tts")
 
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--frames", type=int, help=f"frames per e2e run (default: {DEFAULT_FRAMES})")
-    ap.add_argument("--codec-frames", type=int, default=25, help="frames per codec decode run")
+    ap.add_argument("--codec-frames", type=int, default=12, help="frames per codec decode run")
     ap.add_argument("--steps", type=int, default=30, help="timed lm_step calls per roofline runner")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per runner (the median is reported)")
     ap.add_argument("--threads", type=int, help="threads per graph (default: edge's default, all cores; one for "
