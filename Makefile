@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := out/demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# Speed against eager transformers and the bandwidth bound: writes BENCHMARKS.md and benchmarks/results.json
+# (about 20 minutes on 2 cores). The Piper reference point also needs the espeak-ng program (apt-get install espeak-ng).
+bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) out

@@ -239,7 +239,8 @@ def speak(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 = off.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     max_seconds: Annotated[float, typer.Option(help="Stop after this much audio.")] = 10.0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads per graph (default: all cores; one for ONNX graphs under 8 MB).")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print timing and run facts as JSON (to stderr with --stream).")
     ] = False,

@@ -69,6 +69,38 @@ TINY_CSM: dict[str, Any] = {
 }
 
 
+# A mid-size CSM: Llama-shaped backbone of 8 layers at width 1024 (122 M parameters in its layers, 189 M with
+# the codebook embeddings), the CSM layout of 32 codebooks over 2051 ids, a 4-layer depth decoder, and
+# the real Mimi codec config (transformers' MimiConfig defaults). For benchmarks between csm-tiny and csm-1b.
+MEDIUM_CSM: dict[str, Any] = {
+    **{k: TINY_CSM[k] for k in ("text_vocab_size", "pad_token_id", "bos_token_id", "audio_token_id",
+                                "audio_eos_token_id")},
+    "num_codebooks": 32,
+    "vocab_size": 2048 + 3,
+    "codebook_pad_token_id": 2048 + 2,
+    "codebook_eos_token_id": 0,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+    "max_position_embeddings": 2048,
+    "depth_decoder_config": {
+        "num_codebooks": 32,
+        "backbone_hidden_size": 1024,
+        "vocab_size": 2048 + 3,
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "max_position_embeddings": 33,
+    },
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -99,6 +131,14 @@ PRESETS: dict[str, Preset] = {
             "random weights unless --checkpoint gives the real ones.",
             {},  # transformers' CsmConfig defaults are the CSM-1B shapes
             options={"prompt_capacity": 128, "kv_capacity": 512},
+        ),
+        Preset(
+            "csm-medium",
+            "csm",
+            "Mid-size CSM-shaped model (8-layer, 1024-wide backbone, 32 codebooks) with the real Mimi codec "
+            "config, seeded random weights (for benchmarks; babbles).",
+            MEDIUM_CSM,
+            options={"prompt_capacity": 64, "kv_capacity": 256},
         ),
         Preset("mimi", "mimi", "Kyutai Mimi codec, real config (24 kHz, 12.5 Hz, 32 codebooks).", {}),
         Preset("mimi-tiny", "mimi", "Tiny Mimi-shaped codec with seeded random weights.", TINY_MIMI),

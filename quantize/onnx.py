@@ -3,7 +3,8 @@
 - ``fp16``: float initializers stored as float16, each followed by a `Cast` to float32. The file halves;
   compute stays float32 (onnxruntime folds the casts when it loads the model), so every provider runs it.
 - ``int8``: `onnxruntime.quantization.quantize_dynamic`, per-channel symmetric int8 weights and dynamic
-  uint8 activations for MatMul (and Conv); lookup tables become per-row int8 (see `tables.py`).
+  uint8 activations for MatMul (and Conv); lookup tables become per-row int8 (see `tables.py`). With the
+  default 8-bit MatMulNBits kernel (`INT8_KERNEL`), convolutions stay fp32 (see `_int8`).
 - ``int4``: `MatMulNBits` (group-wise symmetric int4, `accuracy_level=4`: int8 dynamic activations inside
   the kernel) via `onnxruntime.quantization.matmul_nbits_quantizer`; tables become group-wise int4.
 - ``npu-int8``: static QDQ (`quantize_static`), per-channel symmetric int8 weights, per-tensor uint8
@@ -259,9 +260,13 @@ def _int8(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         q.process()
         model = q.model.model
         notes.append(f"{_count(model, 'MatMulNBits')} MatMul -> 8-bit MatMulNBits, block {block}")
-        if not _count(model, "Conv"):
-            return model
-    return _dynamic(model, ["Conv"] if INT8_KERNEL == "nbits" else ["MatMul", "Conv"], notes)
+        if convs := _count(model, "Conv") + _count(model, "ConvTranspose"):
+            # Measured on the real Mimi decoder (BENCHMARKS.md): onnxruntime's ConvInteger (with the dynamic
+            # activation quantization around it) took 11.6 ms per frame where the fp32 Conv took 4.0 ms.
+            notes.append(f"kept fp32: {convs} Conv/ConvTranspose (onnxruntime's int8 ConvInteger is slower than "
+                         "its fp32 Conv on CPU)")
+        return model
+    return _dynamic(model, ["MatMul", "Conv"], notes)
 
 
 def _dynamic(model: onnx.ModelProto, ops: list[str], notes: list[str]) -> onnx.ModelProto:

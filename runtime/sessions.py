@@ -40,6 +40,11 @@ class OnnxSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Idle workers sleep instead of spinning: on a machine running other work, spinning threads take the
+        # cores the other threads of the same operator need (medium lm_step, 2 busy cores: 3 of 3 interleaved
+        # runs faster without spinning, 61 -> 52, 178 -> 122, 195 -> 172 ms); with ops of a millisecond or
+        # more (graphs on several threads, see SMALL_GRAPH_BYTES) the wake-up costs microseconds.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = _names(spec)
@@ -89,13 +94,28 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+# An ONNX graph whose weights are smaller than this runs on one thread by default: its operators are so
+# short that the cross-thread hand-off of each one costs more than it saves, and a busy machine makes that
+# worse (an operator waits for a descheduled worker). Measured on csm-tiny (all graphs under 1 MB), 2 busy
+# cores: real-time factor 0.148 on one thread against 0.313 on two (BENCHMARKS.md, notes).
+SMALL_GRAPH_BYTES = 8 * 2**20
+
+
+def graph_threads(bundle: Bundle, graph: str, backend: str, threads: int | None) -> int:
+    """Intra-op threads for one graph: `threads` if given, else all cores (one for a small ONNX graph)."""
+    if threads:
+        return threads
+    if backend == "onnx" and bundle.file_bytes(graph, backend) < SMALL_GRAPH_BYTES:
+        return 1
+    return default_threads()
+
+
 def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
     """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch` or `torch`)."""
     bundle.require_backend(backend)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
-    threads = threads or default_threads()
     if backend == "torch":
         try:
             from edge.export.families import reference_graphs
@@ -103,10 +123,11 @@ def open_sessions(
             raise EdgeError(f"the torch backend needs the export extra ({e.name} missing): "
                             "pip install 'edge-codec-tts[export]'") from None
         graphs = reference_graphs(bundle)
-        return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads) for n in names}
+        return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads or default_threads()) for n in names}
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
     try:
-        return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], threads) for n in names}
+        return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
+                for n in names}
     except ImportError as e:
         raise EdgeError(f"the {backend} backend needs '{e.name}', which is not installed: "
                         "pip install 'edge-codec-tts[export]'") from None

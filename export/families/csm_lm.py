@@ -66,15 +66,34 @@ class CachedLayer(nn.Module):
         sin: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        slot: torch.Tensor,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (1, 1, D); `slot` (1, 1, C, 1) bool marks the slot to write; `mask` (1, 1, 1, C) additive."""
+        """x (1, 1, D) against the cache as it was before this step; `mask` (1, 1, 1, C) additive, visible below
+        this position. Returns x and this step's keys and values (1, H_kv, 1, hd), which the caller writes."""
         q, k, v = self._qkv(x, cos, sin)
-        k_cache = torch.where(slot, k, k_cache)
-        v_cache = torch.where(slot, v, v_cache)
-        x = self._finish(x, self._attend(q, k_cache, v_cache, mask))
-        return x, k_cache, v_cache
+        return self._finish(x, self._attend_step(q, k_cache, v_cache, k, v, mask)), k, v
+
+    def _attend_step(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One query position: the cache slots and this step's own key, without repeating kv heads in memory.
+
+        q (1, H, 1, hd) is viewed as (1, H_kv, groups, hd) (query head h uses kv head h // groups, as
+        `_repeat_heads` lays them out), so each kv head is read once; -> (1, 1, H * hd).
+        """
+        b, h, _, d = q.shape
+        q = q.reshape(b, k_cache.shape[1], self.groups, d)
+        cached = torch.matmul(q, k_cache.transpose(2, 3)) * self.scaling + mask  # (1, H_kv, groups, C)
+        own = torch.matmul(q, k.transpose(2, 3)) * self.scaling  # (1, H_kv, groups, 1)
+        p = torch.softmax(torch.cat([cached, own], dim=-1), dim=-1)
+        out = torch.matmul(p[..., :-1], v_cache) + p[..., -1:] * v  # (1, H_kv, groups, hd)
+        return out.reshape(b, 1, h * d)
 
     def _qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -106,16 +125,13 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.unsqueeze(2).expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
 
 
-def _slot_and_mask(position: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write-slot selector (1, 1, C, 1) and additive mask (1, 1, 1, C) attending to slots <= position."""
-    slots = torch.arange(capacity, device=position.device)
-    slot = (slots == position).view(1, 1, capacity, 1)
-    mask = _attention_mask(slots <= position).view(1, 1, 1, capacity)
-    return slot, mask
-
-
 class _Stack(nn.Module):
-    """A stack of `CachedLayer`s stepped one position at a time over a (L, 2, 1, H_kv, C, hd) cache."""
+    """A stack of `CachedLayer`s stepped one position at a time over a (L, 2, 1, H_kv, C, hd) cache.
+
+    Every layer attends to the cache as it came in plus its own new key and value; the new keys and values of
+    all layers are then written into their slot with one `where` over the whole cache, the only full copy of
+    it a step makes (a `where` per layer and stacking the layers' caches again copied it several times).
+    """
 
     def __init__(self, layers: nn.ModuleList) -> None:
         super().__init__()
@@ -124,12 +140,15 @@ class _Stack(nn.Module):
     def step(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor, position: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        slot, mask = _slot_and_mask(position, kv.shape[4])
+        capacity = kv.shape[4]
+        slots = torch.arange(capacity, device=position.device)
+        mask = _attention_mask(slots < position).view(1, 1, 1, capacity)
         new_kv = []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, cos, sin, kv[i, 0], kv[i, 1], slot, mask)
-            new_kv.append(torch.stack([k, v]))
-        return x, torch.stack(new_kv)
+            x, k, v = layer.step(x, cos, sin, kv[i, 0], kv[i, 1], mask)
+            new_kv.append(torch.stack([k, v]))  # (2, 1, H_kv, 1, hd)
+        slot = (slots == position).view(1, 1, 1, 1, capacity, 1)
+        return x, torch.where(slot, torch.stack(new_kv), kv)
 
 
 class LmPrefill(_Stack):
