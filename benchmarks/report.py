@@ -64,15 +64,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     ok, worst = None, None
     for sec in e2e.values():
         for name, r in _edge_runners(sec).items():
-            over = r["first_audio"] - r["first_audio_budget"]
-            ok = (over <= 0) if ok is None else ok and over <= 0
-            if worst is None or over > worst[1]:
-                worst = (f"{sec['preset']} {name}", over, r)
+            margin = r["first_audio_margin"]
+            ok = (margin >= 0) if ok is None else ok and margin >= 0
+            if worst is None or margin < worst[1]:
+                worst = (f"{sec['preset']} {name}", margin, r)
     figure = "e2e not run"
     if worst:
-        name, over, r = worst
+        name, margin, r = worst
         figure = (f"closest: {name}, first audio {_ms(r['first_audio'])} against prefill {_ms(r['prefill'])} "
-                  f"+ one frame {_ms(r['frame_work'])} = {_ms(r['first_audio_budget'])}")
+                  f"+ one frame {_ms(r['frame_work'])} (medians); per run, {_ms(abs(margin))} "
+                  f"{'to spare' if margin >= 0 else 'over'} (median)")
     rows.append(("first audio chunk out after no more than the prompt prefill plus one frame's work", ok, figure))
 
     codec = results.get("codec")
@@ -156,7 +157,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 "of frames (fewer if the random model ends speech first). Real-time factor = compute seconds per "
                 "second of audio. Eager = transformers' `CsmForConditionalGeneration.generate` then "
                 "`MimiModel.decode` of the whole sequence (its first audio is its last). First-audio budget = "
-                "prefill + one frame's work (all work after the prefill, per frame).", ""]
+                "prefill + one frame's work (all work after the prefill, per frame), compared run by run.", ""]
         for sec in results["e2e"].values():
             out += [f"### {sec['preset']}, {sec['frames']} frames", "", *_e2e_table(sec), ""]
     if "codec" in results:

@@ -95,8 +95,10 @@ def edge_e2e(bundle: str, backend: str, frames: int, repeats: int, threads: int 
         list(stream)
         runs.append(stream.stats)
     mid = sorted(runs, key=lambda s: s.total)[len(runs) // 2]
-    # One frame's work: everything after the prefill, per frame (lm_step, depth loop, codec, host).
+    # One frame's work: everything after the prefill, per frame (lm_step, depth loop, codec, host). The first
+    # chunk's budget is that run's own prefill plus one frame's work; the margin is what it had left.
     frame_work = [(s.total - s.prefill) / max(s.frames, 1) for s in runs]
+    margins = [s.prefill + w - s.first_audio for s, w in zip(runs, frame_work, strict=True)]
     return {
         "frames": mid.frames,
         "audio_seconds": mid.audio_seconds,
@@ -105,6 +107,7 @@ def edge_e2e(bundle: str, backend: str, frames: int, repeats: int, threads: int 
         "rtf": _median([s.rtf for s in runs]),
         "prefill": _median([s.prefill for s in runs]),
         "frame_work": _median(frame_work),
+        "first_audio_margin": _median(margins),
         "per_frame_ms": mid.per_frame_ms(),
         "stopped_by": mid.stopped_by,
     }
