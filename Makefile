@@ -22,8 +22,9 @@ demo: install
 	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle $(DEMO) --backend executorch --out out/demo-et.wav --json
 	$(BIN)/edge quantize $(DEMO) --recipe lm=int8,depth=int8,codec=fp16 --backend onnx --out out/demo-int8 --force
 	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle out/demo-int8 --out out/demo-int8.wav
-	@echo "Not built yet: the benchmark table (issue 7), a trained voice (issue 8);"
-	@echo "csm-tiny has random weights, so out/demo.wav is babble with the right shape and timing."
+	$(BIN)/edge profile --compare $(DEMO) out/demo-int8 --backend onnx --frames 20 --device raspberry-pi-5 --report out/report
+	@echo "Open out/report/index.html for the charts. csm-tiny has random weights, so out/demo.wav is babble with"
+	@echo "the right shape and timing; a trained default voice is issue 8."
 
 lint: install
 	$(BIN)/ruff check .

@@ -23,12 +23,14 @@ from edge.presets import DEFAULT_PRESET, PRESETS
 
 app = typer.Typer(
     name="edge",
-    help="Export, run and inspect neural-codec language-model TTS (CSM + Mimi) for on-device use.\n\n"
+    help="Export, quantize, run and profile neural-codec language-model TTS (CSM + Mimi) for on-device use.\n\n"
     "Typical flow: `edge export csm-tiny --out voice` writes a bundle; `edge speak 'Hello' --bundle voice "
-    "--out hello.wav` speaks with it; `edge inspect voice` shows what is inside.",
+    "--out hello.wav` speaks with it; `edge quantize voice --recipe int8 --out voice-int8` makes it smaller; "
+    "`edge profile voice` measures it here and projects it onto the devices of `edge devices`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 err = Console(stderr=True)
 _debug = False
