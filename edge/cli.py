@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -371,6 +372,14 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # the machine, not edge: a full disk, a missing permission
+        if _debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        hint = {errno.ENOSPC: "free some disk space", errno.EACCES: "check the permissions",
+                errno.EROFS: "write somewhere writable"}.get(e.errno, "check the path")
+        err.print(f"[red]error:[/] {e.strerror or e}{where}; {hint} and retry", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as e:  # a bug, not a user error: still one line unless --debug
         if _debug:
             raise

@@ -131,3 +131,22 @@ def test_cli_usage_errors(args, message):
     assert r.returncode == 2 and message in err and "internal error" not in err and "Traceback" not in err, err
     v = edge_cli("--version")
     assert v.returncode == 0 and v.stdout.decode().startswith("edge ")
+
+
+def test_cli_os_errors_are_one_line(monkeypatch, capsys):
+    """A full disk (or a missing permission) is the machine's doing: one line naming it and the file, exit 2."""
+    import errno
+
+    import edge.cli as cli
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/lm_step.onnx.data")
+
+    monkeypatch.setattr(cli, "app", disk_full)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "No space left on device (/out/lm_step.onnx.data); free some disk space" in err
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err
