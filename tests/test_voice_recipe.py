@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edge.quantize.evaluate import test_signal
+from edge.quantize.evaluate import test_signal as speech_like
 from edge.runtime.audio import write_wav
 from recipes.voice import data, train_codec, train_lm
 
@@ -69,7 +69,7 @@ def corpus(tmp_path_factory) -> Path:
     for i, text in enumerate(["Hi there.", "Pepper makes me sneeze.", "Go home now."]):
         rel = f"wav/{i}.wav"
         (root / "wav").mkdir(exist_ok=True)
-        write_wav(root / rel, test_signal(24000, 0.5 + 0.25 * i) * (1 + i), 24000)
+        write_wav(root / rel, speech_like(24000, 0.5 + 0.25 * i) * (1 + i), 24000)
         utts.append(data.Utterance(str(i), text, rel, 0.5 + 0.25 * i))
     data.write_manifest(root / "train.jsonl", utts)
     return root
@@ -109,7 +109,7 @@ def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
     bundle = export_bundle("mimi-tiny", tmp_path / "codec", ["onnx"], checkpoint=codec_runs[0])
     assert bundle.model["codebook_size"] == train_codec.VOICE_MIMI["codebook_size"]
     quality = _quality_module()
-    result = quality.codec_fidelity(bundle.root, [test_signal(24000, 0.4)], 24000)
+    result = quality.codec_fidelity(bundle.root, [speech_like(24000, 0.4)], 24000)
     assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0
 
 

@@ -84,7 +84,6 @@ def voice_csm(codec: dict[str, Any] = VOICE_MIMI, hidden: int = 128, layers: int
 def setup(threads: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
 
 
 def load_audio(manifest: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
@@ -171,11 +170,14 @@ class TrainLog:
         records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
         if not records:
             return
-        keys = [k for k in records[0] if k not in ("step", "seconds", "lr")]
+        keys = list(dict.fromkeys(k for r in records for k in r if k not in ("step", "seconds", "lr")))
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
         steps = [r["step"] for r in records]
         for ax, key in zip(axes[0], keys, strict=True):
-            ax.plot(steps, [r.get(key, float("nan")) for r in records])
+            values = [r.get(key, float("nan")) for r in records]
+            ax.plot(steps, values)
+            if min(values) > 0:
+                ax.set_yscale("log")
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)

@@ -235,12 +235,10 @@ def main() -> None:
         "generation_seconds": round(spent, 1),
         "threads": args.threads,
     }
-    if made_audio:
+    if made_audio:  # a re-run that only reused WAVs keeps the previous generation speed
         stats["cpu_seconds_per_audio_hour"] = round(spent / made_audio * 3600, 1)
-        prev = json.loads((args.out / "stats.json").read_text()) if (args.out / "stats.json").is_file() else {}
-        stats = {**prev, **stats}
-    elif (args.out / "stats.json").is_file():
-        stats = {**json.loads((args.out / "stats.json").read_text()), **stats}
+    previous = args.out / "stats.json"
+    stats = {**(json.loads(previous.read_text()) if previous.is_file() else {}), **stats}
     (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     log.info("stats: %s", stats)
 

@@ -183,7 +183,7 @@ def train(args: argparse.Namespace) -> Path:
         gen = batch_generator(args.seed, step)
         x = random_crops(audio, args.batch, samples, gen)
         latents = model.encoder(x).latents
-        q, _, commit = quantize(model, latents, args.ema_decay, update=True, gen=gen)
+        q, codes, commit = quantize(model, latents, args.ema_decay, update=True, gen=gen)
         y = model.decoder(q).audio_values[..., :samples]
         l1, mel = F.l1_loss(y, x), mel_loss(y[:, 0], x[:, 0])
         loss = args.w_l1 * l1 + args.w_mel * mel + args.w_commit * commit
@@ -192,8 +192,11 @@ def train(args: argparse.Namespace) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        for k, v in (("loss", loss), ("l1", l1), ("mel", mel), ("commit", commit)):
-            sums[k] = sums.get(k, 0.0) + v.item()
+        # Distinct codes per codebook in this batch: a collapsing codebook shows here first.
+        used = sum(len(torch.unique(codes[:, i])) for i in range(codes.shape[1])) / codes.shape[1]
+        for k, v in (("loss", loss.item()), ("l1", l1.item()), ("mel", mel.item()), ("commit", commit.item()),
+                     ("codes_used", used)):
+            sums[k] = sums.get(k, 0.0) + v
         if step % args.log_every == 0:
             n = args.log_every
             elapsed = seconds + time.perf_counter() - start
