@@ -8,7 +8,9 @@
 - ``wer``: the same recognizer on what edge speaks for the same sentences from ``--bundle`` (a csm voice
   bundle, run by edge's streaming loop), with the first-audio time and real-time factor of those runs;
 - ``codec``: the held-out audio streamed frame by frame through ``--codec-bundle`` (a mimi bundle:
-  `codec_encoder` then `codec_decoder`), SNR and log-mel distance (mean abs dB) against the original.
+  `codec_encoder` then `codec_decoder`), SNR and log-mel distance (mean abs dB) against the original, how
+  many distinct codes per codebook that audio uses, and the WER of those reconstructions (the codec's
+  ceiling for the voice).
 
 WER is corpus-level: word edits (substitutions + deletions + insertions) over reference words, after
 lower-casing and dropping punctuation. Needs the ``train`` extra (pocketsphinx, scipy, matplotlib).
@@ -79,8 +81,9 @@ class Recognizer:
         return hyp.hypstr if hyp is not None else ""
 
 
-def codec_fidelity(codec_bundle: Path, audio: list[np.ndarray], rate: int) -> dict[str, float]:
-    """Stream each clip through codec_encoder → codec_decoder (onnx); SNR and log-mel distance, pooled."""
+def codec_fidelity(codec_bundle: Path, audio: list[np.ndarray], rate: int) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Stream each clip through codec_encoder → codec_decoder (onnx): SNR and log-mel distance, pooled, and the
+    reconstructions."""
     from edge.runtime.sessions import open_sessions
 
     bundle = load_bundle(codec_bundle)
@@ -89,17 +92,23 @@ def codec_fidelity(codec_bundle: Path, audio: list[np.ndarray], rate: int) -> di
         raise SystemExit(f"{codec_bundle} runs at {m['sample_rate']} Hz, the data at {rate} Hz")
     sessions = open_sessions(bundle, "onnx", ["codec_encoder", "codec_decoder"])
     n = m["samples_per_frame"] * m["frames_per_call"]
-    snr, mel, seconds = [], [], 0.0
+    snr, mel, seconds, all_codes, out = [], [], 0.0, [], []
     for a in audio:
         a = np.pad(a, (0, -a.size % n)).astype(np.float32)
         codes, _ = _stream_encode(sessions["codec_encoder"], bundle.graphs["codec_encoder"], a, n)
+        all_codes.append(codes)
         y, _ = _stream_decode(sessions["codec_decoder"], bundle, codes)
         r = _compare_audio(a.astype(np.float64), y[: a.size], rate)
+        out.append(y[: a.size].astype(np.float32))
         snr.append(r["snr_db"])
         mel.append(r["log_mel_db"] * r["seconds"])
         seconds += r["seconds"]
+    codes = np.concatenate(all_codes, axis=-1)
+    # How many of each codebook's codes the held-out audio uses (a collapsed codebook uses a handful).
+    in_use = float(np.mean([np.unique(row).size for row in codes]))
     return {"snr_db": float(np.mean(snr)), "log_mel_db": float(sum(mel) / seconds), "clips": len(audio),
-            "seconds": round(seconds, 1)}
+            "seconds": round(seconds, 1), "codes_in_use_per_codebook": in_use,
+            "codebook_size": m["codebook_size"]}, out
 
 
 def spectrogram(path: Path, text: str, ours: np.ndarray, teacher: np.ndarray, rate: int) -> None:
@@ -174,7 +183,9 @@ def main() -> None:
                      for r, th, h in list(zip(refs, teacher_hyps, hyps, strict=True))[:5]],
     }
     if args.codec_bundle:
-        result["codec"] = codec_fidelity(args.codec_bundle, [a for a, _ in teacher], rate)
+        result["codec"], rebuilt = codec_fidelity(args.codec_bundle, [a for a, _ in teacher], rate)
+        # The teacher's audio through the codec alone: the best WER an LM on these codes could reach.
+        result["codec"]["wer"] = wer(refs, [recognize(a, rate) for a in rebuilt])
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log.info("WER %.3f (teacher %.3f) on %d sentences; codec %s; wrote %s", result["wer"], result["teacher_wer"],
              len(utts), result.get("codec"), args.out)

@@ -109,8 +109,9 @@ def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
     bundle = export_bundle("mimi-tiny", tmp_path / "codec", ["onnx"], checkpoint=codec_runs[0])
     assert bundle.model["codebook_size"] == train_codec.VOICE_MIMI["codebook_size"]
     quality = _quality_module()
-    result = quality.codec_fidelity(bundle.root, [speech_like(24000, 0.4)], 24000)
-    assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0
+    clip = speech_like(24000, 0.4)
+    result, [rebuilt] = quality.codec_fidelity(bundle.root, [clip], 24000)
+    assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0 and rebuilt.shape == clip.shape
 
 
 def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):

@@ -8,8 +8,9 @@ and the tables updated as exponential moving averages of the vectors assigned to
 restarted on random batch vectors). Mimi's split RVQ: one "semantic" codebook and ``K - 1`` acoustic
 ones quantize the same latents in parallel, their decoded sums added.
 
-Losses: L1 on the waveform, L1 on log-mel spectrograms at several resolutions (plus L1 on their linear
-magnitudes), the commitment loss.
+Losses: L1 on the waveform, L1 on log-mel spectrograms at several resolutions, the commitment loss. As in
+Mimi's training, half the crops skip quantization (``--skip-quantizer``): without that, the commitment loss
+wins and the encoder collapses onto a handful of codes (seen here: 2 to 4 codes in use per codebook).
 
     python -m recipes.voice.train_codec --data data/voice --out runs/codec --minutes 15
     python -m recipes.voice.train_codec --data data/voice --out runs/codec --minutes 60   # resumes
@@ -184,6 +185,10 @@ def train(args: argparse.Namespace) -> Path:
         x = random_crops(audio, args.batch, samples, gen)
         latents = model.encoder(x).latents
         q, codes, commit = quantize(model, latents, args.ema_decay, update=True, gen=gen)
+        # As Mimi's training: each crop skips quantization with probability --skip-quantizer, so the encoder
+        # and decoder keep learning a rich latent while the codebooks catch up with it.
+        skip = torch.rand(x.shape[0], generator=gen) < args.skip_quantizer
+        q = torch.where(skip[:, None, None], latents, q)
         y = model.decoder(q).audio_values[..., :samples]
         l1, mel = F.l1_loss(y, x), mel_loss(y[:, 0], x[:, 0])
         loss = args.w_l1 * l1 + args.w_mel * mel + args.w_commit * commit
@@ -231,7 +236,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ema-decay", type=float, default=0.99)
     ap.add_argument("--w-l1", type=float, default=1.0)
     ap.add_argument("--w-mel", type=float, default=1.0)
-    ap.add_argument("--w-commit", type=float, default=1.0)
+    ap.add_argument("--w-commit", type=float, default=0.25)
+    ap.add_argument("--skip-quantizer", type=float, default=0.5, help="probability a crop is not quantized")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=10)
