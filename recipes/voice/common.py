@@ -109,7 +109,7 @@ def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: 
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    tensors, hyper = {}, []
+    tensors = {}
     opt = optimizer.state_dict()
     for i, s in opt["state"].items():
         for name, value in s.items():

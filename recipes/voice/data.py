@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runtime.audio import write_wav
+from edge.runtime.audio import read_wav, write_wav
 
 log = logging.getLogger("recipes.voice.data")
 
@@ -130,7 +130,7 @@ class PiperVoice:
         ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", self.voice, text], capture_output=True,
                              text=True, check=True).stdout
         clauses = [c.strip() for c in ipa.splitlines() if c.strip()]
-        marks = [m for m in re.findall(rf"[{re.escape(CLAUSE_PUNCT)}]+", text)]
+        marks = re.findall(rf"[{re.escape(CLAUSE_PUNCT)}]+", text)
         if len(marks) == len(clauses):
             return " ".join(c + m[0] for c, m in zip(clauses, marks, strict=True))
         return " ".join(clauses) + (text[-1] if text[-1] in CLAUSE_PUNCT else "")
@@ -183,8 +183,6 @@ def generate(voice: PiperVoice, texts: list[str], out: Path) -> Iterator[tuple[U
         path = out / rel
         t = time.perf_counter()
         if path.is_file():
-            from edge.runtime.audio import read_wav
-
             audio, _ = read_wav(path)
             spent = 0.0
         else:

@@ -149,13 +149,6 @@ def random_crops(audio: list[np.ndarray], batch: int, samples: int, gen: torch.G
     return out
 
 
-def reconstruct(model: MimiModel, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training forward: audio (B, 1, N) → (reconstruction (B, 1, N), codes, commitment loss); no table updates."""
-    latents = model.encoder(audio).latents
-    q, codes, commit = quantize(model, latents, decay=0.0, update=False)
-    return model.decoder(q).audio_values[..., : audio.shape[-1]], codes, commit
-
-
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
     _, audio = load_audio(args.data / "train.jsonl")

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import CsmConfig, CsmForConditionalGeneration, MimiModel
 
+from edge.export.families.mimi import samples_per_frame
 from edge.presets import BYTE_VOCAB
 from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.common import (
@@ -52,7 +53,7 @@ def build_lm(codec: MimiModel, seed: int = 0, **sizes: int) -> CsmForConditional
 def encode_all(codec: MimiModel, audio: list, num_codebooks: int) -> list[torch.Tensor]:
     """Codes (frames, K) of every utterance, with the codec run over the whole utterance at once."""
     codec.eval()
-    spf = 1920
+    spf = samples_per_frame(codec.config)
     out = []
     for a in audio:
         x = torch.from_numpy(a)
