@@ -18,7 +18,7 @@ from edge.export.families.checkpoint import load_pretrained
 from edge.export.families.csm_lm import lm_graphs, lm_manifest
 from edge.export.families.mimi import codec_graphs, codec_manifest, randomize
 from edge.export.graph import Graph
-from edge.presets import BYTE_VOCAB
+from edge.presets import BYTE_VOCAB, BYTE_VOCAB_SIZE
 
 # CSM prompts name the speaker as "[N]"; Sesame's model card uses ids 0 and 1 for a two-party conversation.
 SPEAKERS = 2
@@ -54,9 +54,10 @@ def graphs(model: CsmForConditionalGeneration, options: dict[str, Any]) -> tuple
 
 
 def tokenizer(model: CsmForConditionalGeneration, checkpoint: Path | None, writer) -> dict[str, Any]:
-    if checkpoint is None:
+    src = None if checkpoint is None else Path(checkpoint) / "tokenizer.json"
+    # A checkpoint trained on byte-level text (as recipes/voice trains) has no tokenizer.json of its own.
+    if src is None or (not src.is_file() and model.config.text_vocab_size == BYTE_VOCAB_SIZE):
         return {"kind": "bytes", "bos": BYTE_VOCAB["bos"], "eos": BYTE_VOCAB["eos"]}
-    src = Path(checkpoint) / "tokenizer.json"
     if not src.is_file():
         raise EdgeError(f"checkpoint '{checkpoint}' has no tokenizer.json; CSM needs its own tokenizer to read text")
     shutil.copyfile(src, writer.path("tokenizer.json"))

@@ -1,0 +1,187 @@
+"""What the voice recipes share: model sizes, data loading, checkpoints, the training log and its plot.
+
+A checkpoint is a directory: the model as a Hugging Face checkpoint (``config.json`` + ``model.safetensors``,
+loadable by ``edge export --checkpoint``), ``optimizer.safetensors`` (the optimizer's tensors) and
+``state.json`` (step, seconds trained, optimizer hyper-parameters, the recipe's arguments). Batches are drawn
+from a generator seeded with (seed, step), so a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge.presets import BYTE_VOCAB, BYTE_VOCAB_SIZE
+from edge.runtime.audio import read_wav
+
+log = logging.getLogger("recipes.voice")
+
+# The codec: Mimi-shaped (24 kHz, 12.5 frames/s, 1920 samples per frame, split RVQ), small enough to train
+# on a CPU and to decode many times faster than real time.
+VOICE_MIMI: dict[str, Any] = {
+    "sampling_rate": 24000,
+    "hidden_size": 64,
+    "num_filters": 16,
+    "upsampling_ratios": [8, 6, 5, 4],
+    "codebook_size": 256,
+    "codebook_dim": 32,
+    "vector_quantization_hidden_dimension": 32,
+    "num_quantizers": 8,
+    "num_semantic_quantizers": 1,
+    "upsample_groups": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 16,
+    "sliding_window": 16,
+}
+
+# The LM: CSM-shaped (backbone over frames, depth decoder over codebooks), byte-level text as csm-tiny.
+def voice_csm(codec: dict[str, Any] = VOICE_MIMI, hidden: int = 128, layers: int = 4,
+              depth_hidden: int = 64, depth_layers: int = 2) -> dict[str, Any]:
+    k, v = codec["num_quantizers"], codec["codebook_size"]
+    return {
+        "num_codebooks": k,
+        "vocab_size": v + 3,
+        "codebook_pad_token_id": v + 2,
+        "codebook_eos_token_id": 0,
+        "text_vocab_size": BYTE_VOCAB_SIZE,
+        "pad_token_id": BYTE_VOCAB["pad"],
+        "bos_token_id": BYTE_VOCAB["bos"],
+        "audio_token_id": BYTE_VOCAB["audio"],
+        "audio_eos_token_id": BYTE_VOCAB["audio_eos"],
+        "hidden_size": hidden,
+        "intermediate_size": 4 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": hidden // 4,
+        "max_position_embeddings": 1024,
+        "depth_decoder_config": {
+            "num_codebooks": k,
+            "backbone_hidden_size": hidden,
+            "vocab_size": v + 3,
+            "hidden_size": depth_hidden,
+            "intermediate_size": 4 * depth_hidden,
+            "num_hidden_layers": depth_layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": depth_hidden // 4,
+            "max_position_embeddings": k + 1,
+        },
+        "codec_config": codec,
+    }
+
+
+def setup(threads: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(threads)
+
+
+def load_audio(manifest: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The utterances of a manifest (jsonl) and their 24 kHz audio."""
+    utts = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    audio = []
+    for u in utts:
+        a, rate = read_wav(manifest.parent / u["wav"])
+        if rate != VOICE_MIMI["sampling_rate"]:
+            raise SystemExit(f"{u['wav']} is {rate} Hz; the data recipe writes {VOICE_MIMI['sampling_rate']} Hz")
+        audio.append(a)
+    return utts, audio
+
+
+def batch_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Write a checkpoint directory atomically (a crash leaves the previous one intact)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tensors = {}
+    opt = optimizer.state_dict()
+    for i, s in opt["state"].items():
+        for name, value in s.items():
+            tensors[f"{i}.{name}"] = value.contiguous() if torch.is_tensor(value) else torch.tensor(value)
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+    save_file(tensors, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": hyper}, indent=2) + "\n")
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model weights and optimizer state saved by `save_checkpoint`; returns its state.json."""
+    from safetensors.torch import load_file
+
+    # Through from_pretrained: transformers renames keys on save (e.g. Mimi's legacy names) and drops tied copies.
+    saved = type(model).from_pretrained(path, use_safetensors=True)
+    model.load_state_dict(saved.state_dict())
+    state = json.loads((path / "state.json").read_text())
+    tensors = load_file(path / "optimizer.safetensors")
+    opt = optimizer.state_dict()
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = value
+    opt["state"] = per_param
+    for group, saved in zip(opt["param_groups"], state["param_groups"], strict=True):
+        group.update(saved)
+    optimizer.load_state_dict(opt)
+    return state
+
+
+class TrainLog:
+    """Appends one JSON line per logged step to ``log.jsonl`` and draws ``loss.png`` from the whole file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate(self, step: int) -> None:
+        """Drop records past `step` (a resumed run repeats the steps after its checkpoint)."""
+        if self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
+    def plot(self, out: Path, title: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        if not records:
+            return
+        keys = list(dict.fromkeys(k for r in records for k in r if k not in ("step", "seconds", "lr")))
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        steps = [r["step"] for r in records]
+        for ax, key in zip(axes[0], keys, strict=True):
+            values = [r.get(key, float("nan")) for r in records]
+            ax.plot(steps, values)
+            if min(values) > 0:
+                ax.set_yscale("log")
+            ax.set_title(key)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{title} ({records[-1]['seconds'] / 60:.0f} min)")
+        fig.tight_layout()
+        fig.savefig(out, dpi=80)
+        plt.close(fig)

@@ -1,0 +1,174 @@
+"""Train the voice's CSM-shaped LM on the trained codec's tokens, with byte-level text.
+
+The model is transformers' `CsmForConditionalGeneration` (config `voice_csm()`): a backbone over frames
+that predicts codebook 0 and a depth decoder that predicts codebooks 1..K-1 of each frame. Its
+``codec_model`` is the codec from ``train_codec.py``, frozen; the training audio is encoded with it once
+at the start. A training sequence is what edge's runtime feeds the exported graphs: the prompt
+``[bos] "[0]" + text [eos]`` (UTF-8 bytes, `edge.runtime.tokenizers.ByteTokenizer`), then the frames
+of the utterance, then one all-``codebook_eos_token_id`` frame that tells the loop to stop. Loss: the
+backbone's cross-entropy on codebook 0 plus the depth decoder's on the rest (transformers' own).
+
+    python -m recipes.voice.train_lm --data data/voice --codec runs/codec/last --out runs/lm --minutes 15
+
+The checkpoint (``runs/lm/last``) is a complete CSM checkpoint, codec included:
+``edge export csm-tiny --checkpoint runs/lm/last --out voice`` exports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import CsmConfig, CsmForConditionalGeneration, MimiModel
+
+from edge.export.families.mimi import samples_per_frame
+from edge.presets import BYTE_VOCAB
+from edge.runtime.tokenizers import ByteTokenizer
+from recipes.voice.common import (
+    TrainLog,
+    batch_generator,
+    load_audio,
+    load_checkpoint,
+    save_checkpoint,
+    setup,
+    voice_csm,
+)
+
+log = logging.getLogger("recipes.voice.train_lm")
+
+
+def build_lm(codec: MimiModel, seed: int = 0, **sizes: int) -> CsmForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = voice_csm(codec.config.to_dict(), **sizes)
+    model = CsmForConditionalGeneration(CsmConfig(**config))
+    model.codec_model.load_state_dict(codec.state_dict())
+    model.codec_model.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def encode_all(codec: MimiModel, audio: list, num_codebooks: int) -> list[torch.Tensor]:
+    """Codes (frames, K) of every utterance, with the codec run over the whole utterance at once."""
+    codec.eval()
+    spf = samples_per_frame(codec.config)
+    out = []
+    for a in audio:
+        x = torch.from_numpy(a)
+        x = torch.nn.functional.pad(x, (0, -x.numel() % spf))[None, None]
+        out.append(codec.encode(x, num_quantizers=num_codebooks).audio_codes[0].T.contiguous())
+    return out
+
+
+def make_batch(model: CsmForConditionalGeneration, prompts: list[list[int]], codes: list[torch.Tensor],
+               pick: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs_embeds (B, S, H) and labels (B, S, K) for utterances `pick`: prompt, frames, end-of-speech frame."""
+    cfg = model.config
+    k = cfg.num_codebooks
+    eos = torch.full((1, k), cfg.codebook_eos_token_id, dtype=torch.long)
+    seqs = [(torch.tensor(prompts[i]), torch.cat([codes[i], eos])) for i in pick]
+    length = max(len(t) + len(f) for t, f in seqs)
+    embeds = torch.zeros(len(pick), length, cfg.hidden_size)
+    labels = torch.full((len(pick), length, k), -100, dtype=torch.long)
+    for b, (text, frames) in enumerate(seqs):
+        n = len(text)
+        embeds[b, :n] = model.embed_text_tokens(text)
+        embeds[b, n:n + len(frames)] = model.backbone_model.embed_tokens(frames[None])[0]
+        labels[b, n:n + len(frames)] = frames
+    return embeds, labels
+
+
+def train(args: argparse.Namespace) -> Path:
+    setup(args.threads)
+    utts, audio = load_audio(args.data / "train.jsonl")
+    codec = MimiModel.from_pretrained(args.codec, use_safetensors=True)
+    model = build_lm(codec, args.seed, hidden=args.hidden, layers=args.layers, depth_hidden=args.depth_hidden,
+                     depth_layers=args.depth_layers)
+    t = time.perf_counter()
+    codes = encode_all(model.codec_model, audio, model.config.num_codebooks)
+    log.info("encoded %d utterances (%d frames) in %.0f s", len(codes), sum(len(c) for c in codes),
+             time.perf_counter() - t)
+    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
+    prompts = [tok.encode(u["text"], 0) for u in utts]
+    trainable = [p for n, p in model.named_parameters() if not n.startswith("codec_model.")]
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
+    args.out.mkdir(parents=True, exist_ok=True)
+    step, seconds = 0, 0.0
+    if (ckpt / "state.json").is_file():
+        state = load_checkpoint(ckpt, model, opt)
+        step, seconds = state["step"], state["seconds"]
+        log.info("resumed from %s at step %d (%.1f min trained)", ckpt, step, seconds / 60)
+    train_log.truncate(step)
+    model.train()
+    model.codec_model.eval()
+    log.info("lm: %.2f M trainable parameters", sum(p.numel() for p in trainable) / 1e6)
+    start, first, sums = time.perf_counter(), step, {}
+    deadline = start + 60 * args.minutes
+    while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
+        gen = batch_generator(args.seed, step)
+        pick = torch.randint(0, len(codes), (args.batch,), generator=gen).tolist()
+        embeds, labels = make_batch(model, prompts, codes, pick)
+        out = model(inputs_embeds=embeds, labels=labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        step += 1
+        for k, v in (("loss", out.loss), ("backbone", out.backbone_loss), ("depth", out.depth_decoder_loss)):
+            sums[k] = sums.get(k, 0.0) + v.item()
+        if step % args.log_every == 0:
+            n = args.log_every
+            elapsed = seconds + time.perf_counter() - start
+            train_log.write({"step": step, "seconds": round(elapsed, 1), "lr": lr,
+                             **{k: v / n for k, v in sums.items()}})
+            log.info("step %d  %s  (%.2f s/step)", step, "  ".join(f"{k} {v / n:.3f}" for k, v in sums.items()),
+                     (time.perf_counter() - start) / (step - first))
+            sums = {}
+        if step % args.save_every == 0:
+            save(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log)
+    if step % args.save_every:
+        save(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log)
+    return ckpt
+
+
+def save(model: CsmForConditionalGeneration, opt: torch.optim.Optimizer, ckpt: Path, step: int, seconds: float,
+         args: argparse.Namespace, train_log: TrainLog) -> None:
+    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    save_checkpoint(ckpt, model, opt, {"step": step, "seconds": round(seconds, 1), "args": run_args})
+    train_log.plot(ckpt.parent / "loss.png", "lm")
+    log.info("saved %s (step %d)", ckpt, step)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("data/voice"))
+    ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"), help="codec checkpoint directory")
+    ap.add_argument("--out", type=Path, default=Path("runs/lm"))
+    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
+    ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--depth-hidden", type=int, default=64)
+    ap.add_argument("--depth-layers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--save-every", type=int, default=200)
+    return ap
+
+
+def main() -> None:
+    train(parser().parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The built-in voice's recipe (recipes/voice) on a handful of synthetic samples: data format, the Piper
+input layout, codec and LM training resumed from checkpoints, and the trained weights exported by edge."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edge.quantize.evaluate import test_signal as speech_like
+from edge.runtime.audio import write_wav
+from recipes.voice import data, train_codec, train_lm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quality_module():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wordnet_sentences_are_cleaned_and_split_stably(tmp_path):
+    synset = '00001 03 n 01 x 0 000 | a gloss; "the cat sat on the mat"; "odd (chars) here"; "too short"\n'
+    (tmp_path / "data.noun").write_text("  1 licence header\n" + synset)
+    for pos in ("verb", "adj", "adv"):
+        (tmp_path / f"data.{pos}").write_text('00002 29 v 01 y 0 000 | g; "She sighed sadly when it rained!"\n')
+    sentences = data.wordnet_sentences(tmp_path)
+    assert sentences == ["She sighed sadly when it rained!", "The cat sat on the mat."]
+    many = [f"Sentence number {i} is here." for i in range(400)]
+    train, test = data.split(many, 1000, 1000)
+    assert not set(train) & set(test) and len(train) + len(test) == 400
+    assert test and all(data.is_test(s) for s in test)
+    # Asking for fewer never moves a sentence across the split.
+    small_train, small_test = data.split(many, 10, 3)
+    assert set(small_train) <= set(train) and set(small_test) <= set(test)
+
+
+def test_piper_phoneme_id_layout():
+    voice = object.__new__(data.PiperVoice)
+    voice.ids = {"_": [0], "^": [1], "$": [2], " ": [3], "a": [14], "b": [15]}
+    voice.unknown = {}
+    assert voice.phoneme_ids("ab a?") == [1, 0, 14, 0, 15, 0, 3, 0, 14, 0, 2]
+    assert voice.unknown == {"?": 1}
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (apt) is not installed")
+def test_piper_teacher_speaks_a_sentence(tmp_path):
+    voice = data.PiperVoice.joe()
+    [(utt, _)] = list(data.generate(voice, ["Pepper makes me sneeze."], tmp_path))
+    assert 0.8 < utt.seconds < 4.0 and (tmp_path / utt.wav).is_file()
+    data.write_manifest(tmp_path / "test.jsonl", [utt])
+    assert data.read_manifest(tmp_path / "test.jsonl") == [utt]
+    line = json.loads((tmp_path / "test.jsonl").read_text())
+    assert set(line) == {"id", "text", "wav", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("voice-data")
+    utts = []
+    for i, text in enumerate(["Hi there.", "Pepper makes me sneeze.", "Go home now."]):
+        rel = f"wav/{i}.wav"
+        (root / "wav").mkdir(exist_ok=True)
+        write_wav(root / rel, speech_like(24000, 0.5 + 0.25 * i) * (1 + i), 24000)
+        utts.append(data.Utterance(str(i), text, rel, 0.5 + 0.25 * i))
+    data.write_manifest(root / "train.jsonl", utts)
+    return root
+
+
+def _codec_args(corpus: Path, out: Path, steps: int):
+    return train_codec.parser().parse_args(["--data", str(corpus), "--out", str(out), "--steps", str(steps),
+                                            "--batch", "2", "--frames", "2", "--log-every", "1", "--save-every", "2"])
+
+
+@pytest.fixture(scope="module")
+def codec_runs(corpus, tmp_path_factory) -> tuple[Path, Path]:
+    """The same 4 steps run straight through and as 2 steps, then resumed for 2 more."""
+    root = tmp_path_factory.mktemp("codec")
+    straight = train_codec.train(_codec_args(corpus, root / "straight", 4))
+    train_codec.train(_codec_args(corpus, root / "resumed", 2))
+    resumed = train_codec.train(_codec_args(corpus, root / "resumed", 4))
+    return straight, resumed
+
+
+def test_codec_resume_reproduces_an_uninterrupted_run(codec_runs):
+    straight, resumed = codec_runs
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(straight / name), load_file(resumed / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    state = json.loads((resumed / "state.json").read_text())
+    assert state["step"] == 4
+    log = [json.loads(line) for line in (resumed.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert (resumed.parent / "loss.png").stat().st_size > 0
+
+
+def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
+    from edge.export.build import export_bundle
+
+    bundle = export_bundle("mimi-tiny", tmp_path / "codec", ["onnx"], checkpoint=codec_runs[0])
+    assert bundle.model["codebook_size"] == train_codec.VOICE_MIMI["codebook_size"]
+    quality = _quality_module()
+    clip = speech_like(24000, 0.4)
+    result, [rebuilt] = quality.codec_fidelity(bundle.root, [clip], 24000)
+    assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0 and rebuilt.shape == clip.shape
+
+
+def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
+    from edge.export.build import export_bundle
+    from edge.runtime.loop import Voice
+    from edge.runtime.sampler import SamplingConfig
+
+    def args(steps: int):
+        return train_lm.parser().parse_args([
+            "--data", str(corpus), "--codec", str(codec_runs[0]), "--out", str(tmp_path / "lm"), "--steps",
+            str(steps), "--batch", "2", "--hidden", "32", "--layers", "1", "--depth-hidden", "16",
+            "--depth-layers", "1", "--log-every", "1", "--save-every", "10"])
+
+    train_lm.train(args(2))
+    ckpt = train_lm.train(args(3))
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+    bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=ckpt)
+    assert bundle.manifest["tokenizer"]["kind"] == "bytes"
+    audio, stats = Voice(bundle).synthesize("Hi there.", sampling=SamplingConfig(temperature=0), max_seconds=0.4)
+    assert stats.frames >= 1 and audio.size == stats.frames * 1920
+
+
+def test_wer_counts_word_edits():
+    quality = _quality_module()
+    assert quality.words("Hello, World's end-game!") == ["hello", "world's", "end", "game"]
+    assert quality.wer(["the cat sat", "a b"], ["the bat sat down", "a b"]) == pytest.approx(2 / 5)
