@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import load_bundle
-from edge.quantize.evaluate import _compare_audio, _stream_decode, _stream_encode, log_mel
+from edge.quantize.accuracy import compare_audio, decode_stream, encode_stream, log_mel
 from edge.runtime.audio import read_wav
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
@@ -95,10 +95,10 @@ def codec_fidelity(codec_bundle: Path, audio: list[np.ndarray], rate: int) -> tu
     snr, mel, seconds, all_codes, out = [], [], 0.0, [], []
     for a in audio:
         a = np.pad(a, (0, -a.size % n)).astype(np.float32)
-        codes, _ = _stream_encode(sessions["codec_encoder"], bundle.graphs["codec_encoder"], a, n)
+        codes, _ = encode_stream(sessions["codec_encoder"], bundle.graphs["codec_encoder"], a, n)
         all_codes.append(codes)
-        y, _ = _stream_decode(sessions["codec_decoder"], bundle, codes)
-        r = _compare_audio(a.astype(np.float64), y[: a.size], rate)
+        y, _ = decode_stream(sessions["codec_decoder"], bundle, codes)
+        r = compare_audio(a.astype(np.float64), y[: a.size], rate)
         out.append(y[: a.size].astype(np.float32))
         snr.append(r["snr_db"])
         mel.append(r["log_mel_db"] * r["seconds"])

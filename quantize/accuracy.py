@@ -84,7 +84,7 @@ def _teacher_forced(ref_voice, q_voice, tokens: list[int], codes: list[list[int]
     return {"lm": lm.result(), "depth": depth.result()}
 
 
-def _mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     def hz_to_mel(f: np.ndarray) -> np.ndarray:
         return 2595.0 * np.log10(1.0 + f / 700.0)
 
@@ -105,13 +105,13 @@ def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mel
         audio = np.pad(audio, (0, n_fft - audio.size))
     frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
     power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
-    return 10 * np.log10(np.maximum(power @ _mel_filters(sr, n_fft, n_mels).T, 1e-10))
+    return 10 * np.log10(np.maximum(power @ mel_filters(sr, n_fft, n_mels).T, 1e-10))
 
 
 def _codec(ref_voice, q_voice, codes: list[list[int]]) -> dict[str, float]:
     a, b = (decode_stream(v.sessions["codec_decoder"], v.bundle, np.array(codes, np.int64).T)[0]
             for v in (ref_voice, q_voice))
-    return _compare_audio(a, b, ref_voice.sample_rate)
+    return compare_audio(a, b, ref_voice.sample_rate)
 
 
 def _greedy(voice, frames: int) -> tuple[list[list[int]], dict[str, float]]:
@@ -193,7 +193,7 @@ def decode_stream(session, bundle: Bundle, codes: np.ndarray) -> tuple[np.ndarra
     return audio.astype(np.float64), float(np.median(seconds))
 
 
-def _compare_audio(a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
+def compare_audio(a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
     noise = float(np.sum((a - b) ** 2))
     snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(a ** 2)), 1e-30) / noise)
     return {"snr_db": snr, "log_mel_db": float(np.mean(np.abs(log_mel(a, sr) - log_mel(b, sr)))),
@@ -217,7 +217,7 @@ def _evaluate_codec(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[s
     if "codec_decoder" in ref.graphs:
         a, ms["fp32"]["codec_decoder"] = decode_stream(ref_s["codec_decoder"], ref, codes)
         b, ms["quantized"]["codec_decoder"] = decode_stream(q_s["codec_decoder"], q, codes)
-        result["codec"] = _compare_audio(a, b, sr)
+        result["codec"] = compare_audio(a, b, sr)
     result["frames"] = int(codes.shape[-1])
     per_frame = 1000 / m["frames_per_call"]
     result["per_frame_ms"] = {k: {g: per_frame * v for g, v in d.items()} for k, d in ms.items()}

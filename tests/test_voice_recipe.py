@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edge.quantize.evaluate import test_signal as speech_like
+from edge.quantize.accuracy import test_signal as speech_like
 from edge.runtime.audio import write_wav
 from recipes.voice import data, train_codec, train_lm
 

@@ -32,7 +32,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 from transformers import MimiConfig, MimiModel
 
-from edge.quantize.evaluate import _mel_filters
+from edge.quantize.accuracy import mel_filters
 from recipes.voice.common import (
     VOICE_MIMI,
     TrainLog,
@@ -122,7 +122,7 @@ class MelLoss(torch.nn.Module):
         super().__init__()
         self.scales = MEL_SCALES
         for n_fft in self.scales:
-            fb = torch.tensor(_mel_filters(sample_rate, n_fft, max(16, n_fft // 16)), dtype=torch.float32)
+            fb = torch.tensor(mel_filters(sample_rate, n_fft, max(16, n_fft // 16)), dtype=torch.float32)
             self.register_buffer(f"fb{n_fft}", fb, persistent=False)
             self.register_buffer(f"win{n_fft}", torch.hann_window(n_fft), persistent=False)
 
