@@ -8,6 +8,7 @@ from a generator seeded with (seed, step), so a resumed run sees the batches an 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -143,6 +144,15 @@ def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict
         group.update(saved)
     optimizer.load_state_dict(opt)
     return state
+
+
+def save_run(model, optimizer: torch.optim.Optimizer, ckpt: Path, step: int, seconds: float,
+             args: argparse.Namespace, train_log: TrainLog, title: str) -> None:
+    """Checkpoint a training run (weights, optimizer, step, its arguments) and redraw its loss curves."""
+    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    save_checkpoint(ckpt, model, optimizer, {"step": step, "seconds": round(seconds, 1), "args": run_args})
+    train_log.plot(ckpt.parent / "loss.png", title)
+    log.info("saved %s (step %d)", ckpt, step)
 
 
 class TrainLog:

@@ -32,7 +32,7 @@ from recipes.voice.common import (
     batch_generator,
     load_audio,
     load_checkpoint,
-    save_checkpoint,
+    save_run,
     setup,
     voice_csm,
 )
@@ -131,18 +131,10 @@ def train(args: argparse.Namespace) -> Path:
                      (time.perf_counter() - start) / (step - first))
             sums = {}
         if step % args.save_every == 0:
-            save(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log)
+            save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
     if step % args.save_every:
-        save(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log)
+        save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
     return ckpt
-
-
-def save(model: CsmForConditionalGeneration, opt: torch.optim.Optimizer, ckpt: Path, step: int, seconds: float,
-         args: argparse.Namespace, train_log: TrainLog) -> None:
-    run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    save_checkpoint(ckpt, model, opt, {"step": step, "seconds": round(seconds, 1), "args": run_args})
-    train_log.plot(ckpt.parent / "loss.png", "lm")
-    log.info("saved %s (step %d)", ckpt, step)
 
 
 def parser() -> argparse.ArgumentParser:
