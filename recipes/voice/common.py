@@ -160,6 +160,22 @@ class TrainLog:
 
     def __init__(self, path: Path):
         self.path = path
+        self._sums: dict[str, float] = {}
+        self._steps = 0
+
+    def add(self, step: int, elapsed: float, values: dict[str, float], every: int,
+            extra: dict[str, float] | None = None) -> None:
+        """Add one training step's `values`; every `every` steps, write and log their means since the last time
+        (with `extra`, e.g. the learning rate, and `elapsed`, the run's seconds so far)."""
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._steps += 1
+        if step % every:
+            return
+        means = {k: v / self._steps for k, v in self._sums.items()}
+        self.write({"step": step, "seconds": round(elapsed, 1), **(extra or {}), **means})
+        log.info("step %d  %s  (%.1f min)", step, "  ".join(f"{k} {v:.4g}" for k, v in means.items()), elapsed / 60)
+        self._sums, self._steps = {}, 0
 
     def write(self, record: dict[str, float]) -> None:
         with self.path.open("a") as f:

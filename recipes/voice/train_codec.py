@@ -171,7 +171,7 @@ def train(args: argparse.Namespace) -> Path:
     samples = args.frames * 1920
     log.info("codec: %.2f M parameters, %d training utterances (%.2f h)", sum(p.numel() for p in model.parameters())
              / 1e6, len(audio), sum(a.size for a in audio) / VOICE_MIMI["sampling_rate"] / 3600)
-    start, first, sums = time.perf_counter(), step, {}
+    start = time.perf_counter()
     deadline = start + 60 * args.minutes
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
         gen = batch_generator(args.seed, step)
@@ -192,16 +192,9 @@ def train(args: argparse.Namespace) -> Path:
         step += 1
         # Distinct codes per codebook in this batch: a collapsing codebook shows here first.
         used = sum(len(torch.unique(codes[:, i])) for i in range(codes.shape[1])) / codes.shape[1]
-        for k, v in (("loss", loss.item()), ("l1", l1.item()), ("mel", mel.item()), ("commit", commit.item()),
-                     ("codes_used", used)):
-            sums[k] = sums.get(k, 0.0) + v
-        if step % args.log_every == 0:
-            n = args.log_every
-            elapsed = seconds + time.perf_counter() - start
-            train_log.write({"step": step, "seconds": round(elapsed, 1), **{k: v / n for k, v in sums.items()}})
-            log.info("step %d  %s  (%.2f s/step)", step, "  ".join(f"{k} {v / n:.4f}" for k, v in sums.items()),
-                     (time.perf_counter() - start) / (step - first))
-            sums = {}
+        train_log.add(step, seconds + time.perf_counter() - start, {
+            "loss": loss.item(), "l1": l1.item(), "mel": mel.item(), "commit": commit.item(), "codes_used": used,
+        }, args.log_every)
         if step % args.save_every == 0:
             save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "codec")
     if step % args.save_every:

@@ -105,7 +105,7 @@ def train(args: argparse.Namespace) -> Path:
     model.train()
     model.codec_model.eval()
     log.info("lm: %.2f M trainable parameters", sum(p.numel() for p in trainable) / 1e6)
-    start, first, sums = time.perf_counter(), step, {}
+    start = time.perf_counter()
     deadline = start + 60 * args.minutes
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
         gen = batch_generator(args.seed, step)
@@ -120,16 +120,9 @@ def train(args: argparse.Namespace) -> Path:
             g["lr"] = lr
         opt.step()
         step += 1
-        for k, v in (("loss", out.loss), ("backbone", out.backbone_loss), ("depth", out.depth_decoder_loss)):
-            sums[k] = sums.get(k, 0.0) + v.item()
-        if step % args.log_every == 0:
-            n = args.log_every
-            elapsed = seconds + time.perf_counter() - start
-            train_log.write({"step": step, "seconds": round(elapsed, 1), "lr": lr,
-                             **{k: v / n for k, v in sums.items()}})
-            log.info("step %d  %s  (%.2f s/step)", step, "  ".join(f"{k} {v / n:.3f}" for k, v in sums.items()),
-                     (time.perf_counter() - start) / (step - first))
-            sums = {}
+        train_log.add(step, seconds + time.perf_counter() - start, {
+            "loss": out.loss.item(), "backbone": out.backbone_loss.item(), "depth": out.depth_decoder_loss.item(),
+        }, args.log_every, extra={"lr": lr})
         if step % args.save_every == 0:
             save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
     if step % args.save_every:
