@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -99,8 +100,28 @@ def load_audio(manifest: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     return utts, audio
 
 
+def load_codec(path: Path):
+    """The codec of a checkpoint directory: a Mimi checkpoint (``train_codec``'s), or the codec inside a CSM one
+    (``train_lm``'s, or the package's shipped ``edge-voice`` weights)."""
+    from transformers import CsmForConditionalGeneration, MimiModel
+
+    if json.loads((path / "config.json").read_text()).get("model_type") == "csm":
+        return CsmForConditionalGeneration.from_pretrained(path, use_safetensors=True).codec_model
+    return MimiModel.from_pretrained(path, use_safetensors=True)
+
+
 def batch_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def learning_rate(step: int, base: float, warmup: int, decay_steps: int | None) -> float:
+    """Linear warm-up over `warmup` steps, then constant, or with `decay_steps` a cosine decay to a tenth of
+    `base` at that step (and a tenth after it), so a long run split across sessions follows one schedule."""
+    lr = base * min(1.0, (step + 1) / max(1, warmup))
+    if decay_steps and step >= warmup:
+        t = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
+        lr = base * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+    return lr
 
 
 def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -37,8 +37,10 @@ from recipes.voice.common import (
     VOICE_MIMI,
     TrainLog,
     batch_generator,
+    learning_rate,
     load_audio,
     load_checkpoint,
+    load_codec,
     save_run,
     setup,
 )
@@ -153,10 +155,13 @@ def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
     _, audio = load_audio(args.data / "train.jsonl")
     model = build_codec(seed=args.seed)
-    # Codebooks start uninitialised; the first batch's latents seed them.
-    for _, books in codebooks(model):
-        for cb in books:
-            cb.initialized.fill_(0.0)
+    if args.init is not None:  # a new run starting from trained weights (fresh optimizer and schedule)
+        model.load_state_dict(load_codec(args.init).state_dict())
+        log.info("initialised from %s", args.init)
+    else:  # codebooks start uninitialised; the first batch's latents seed them
+        for _, books in codebooks(model):
+            for cb in books:
+                cb.initialized.fill_(0.0)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
@@ -188,13 +193,16 @@ def train(args: argparse.Namespace) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        lr = learning_rate(step, args.lr, args.warmup, args.decay_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
         opt.step()
         step += 1
         # Distinct codes per codebook in this batch: a collapsing codebook shows here first.
         used = sum(len(torch.unique(codes[:, i])) for i in range(codes.shape[1])) / codes.shape[1]
         train_log.add(step, seconds + time.perf_counter() - start, {
             "loss": loss.item(), "l1": l1.item(), "mel": mel.item(), "commit": commit.item(), "codes_used": used,
-        }, args.log_every)
+        }, args.log_every, extra={"lr": lr})
         if step % args.save_every == 0:
             save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "codec")
     if step % args.save_every:
@@ -206,11 +214,15 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("data/voice"))
     ap.add_argument("--out", type=Path, default=Path("runs/codec"))
+    ap.add_argument("--init", type=Path, help="start a new run from these weights (a codec or CSM checkpoint, e.g. "
+                    "edge/voices/edge-voice); ignored when --out already has a checkpoint to resume")
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
     ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=12, help="crop length in 80 ms frames")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--decay-steps", type=int, help="cosine learning-rate decay to lr/10 at this total step")
     ap.add_argument("--ema-decay", type=float, default=0.99)
     ap.add_argument("--w-l1", type=float, default=1.0)
     ap.add_argument("--w-mel", type=float, default=1.0)

@@ -30,8 +30,10 @@ from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.common import (
     TrainLog,
     batch_generator,
+    learning_rate,
     load_audio,
     load_checkpoint,
+    load_codec,
     save_run,
     setup,
     voice_csm,
@@ -83,9 +85,13 @@ def make_batch(model: CsmForConditionalGeneration, prompts: list[list[int]], cod
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
     utts, audio = load_audio(args.data / "train.jsonl")
-    codec = MimiModel.from_pretrained(args.codec, use_safetensors=True)
+    codec = load_codec(args.codec)
     model = build_lm(codec, args.seed, hidden=args.hidden, layers=args.layers, depth_hidden=args.depth_hidden,
                      depth_layers=args.depth_layers)
+    if args.init is not None:  # a new run starting from trained LM weights; the codec stays --codec's
+        init = CsmForConditionalGeneration.from_pretrained(args.init, use_safetensors=True).state_dict()
+        model.load_state_dict({k: v for k, v in init.items() if not k.startswith("codec_model.")}, strict=False)
+        log.info("initialised the LM from %s", args.init)
     t = time.perf_counter()
     codes = encode_all(model.codec_model, audio, model.config.num_codebooks)
     log.info("encoded %d utterances (%d frames) in %.0f s", len(codes), sum(len(c) for c in codes),
@@ -115,7 +121,7 @@ def train(args: argparse.Namespace) -> Path:
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = learning_rate(step, args.lr, args.warmup, args.decay_steps)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.step()
@@ -133,13 +139,17 @@ def train(args: argparse.Namespace) -> Path:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("data/voice"))
-    ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"), help="codec checkpoint directory")
+    ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"),
+                    help="codec checkpoint directory (a codec or CSM checkpoint)")
+    ap.add_argument("--init", type=Path, help="start a new run from these LM weights (a CSM checkpoint, e.g. "
+                    "edge/voices/edge-voice); ignored when --out already has a checkpoint to resume")
     ap.add_argument("--out", type=Path, default=Path("runs/lm"))
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
     ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--decay-steps", type=int, help="cosine learning-rate decay to lr/10 at this total step")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--depth-hidden", type=int, default=64)

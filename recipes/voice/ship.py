@@ -1,0 +1,60 @@
+"""Ship a trained voice: copy the LM checkpoint (its codec inside) into the package as the `edge-voice` weights.
+
+    python -m recipes.voice.ship --lm runs/lm/last --codec runs/codec/last
+
+writes ``edge/voices/edge-voice/``: ``config.json`` and ``model.safetensors`` (the Hugging Face checkpoint
+the `edge-voice` preset exports) and ``training.json`` (what trained them: steps, minutes and settings of both
+runs, from their ``state.json``). The next `edge speak` notices the new weights (their digest names the cached
+export) and re-exports. A later session can go on training from the shipped weights with ``--init``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from recipes.voice.common import setup
+
+log = logging.getLogger("recipes.voice.ship")
+
+VOICE_DIR = Path(__file__).resolve().parents[2] / "edge" / "voices" / "edge-voice"
+FILES = ("config.json", "model.safetensors")
+
+
+def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
+    for name in FILES:
+        if not (lm / name).is_file():
+            raise SystemExit(f"{lm / name} is missing; give --lm a checkpoint written by recipes.voice.train_lm")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in FILES:
+        shutil.copy2(lm / name, tmp / name)
+    runs = {}
+    for role, ckpt in (("codec", codec), ("lm", lm)):
+        state = json.loads((ckpt / "state.json").read_text())
+        runs[role] = {"steps": state["step"], "minutes": round(state["seconds"] / 60, 1), "args": state["args"]}
+    (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    log.info("shipped %s (%.1f MB): codec %d steps, lm %d steps", out, size, runs["codec"]["steps"],
+             runs["lm"]["steps"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lm", type=Path, default=Path("runs/lm/last"))
+    ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"))
+    ap.add_argument("--out", type=Path, default=VOICE_DIR)
+    args = ap.parse_args()
+    setup(1)
+    ship(args.lm, args.codec, args.out)
+
+
+if __name__ == "__main__":
+    main()
