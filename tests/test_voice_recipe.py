@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from edge.quantize.accuracy import test_signal as speech_like
 from edge.runtime.audio import write_wav
-from recipes.voice import data, train_codec, train_lm
+from recipes.voice import data, ship, train_codec, train_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,8 @@ def corpus(tmp_path_factory) -> Path:
 
 def _codec_args(corpus: Path, out: Path, steps: int):
     return train_codec.parser().parse_args(["--data", str(corpus), "--out", str(out), "--steps", str(steps),
-                                            "--batch", "2", "--frames", "2", "--log-every", "1", "--save-every", "2"])
+                                            "--batch", "2", "--frames", "2", "--log-every", "1", "--save-every", "2",
+                                            "--autoencoder-steps", "2"])  # resumes across the k-means
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,10 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
     train_lm.train(args(2))
     ckpt = train_lm.train(args(3))
     assert json.loads((ckpt / "state.json").read_text())["step"] == 3
-    bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=ckpt)
+    shipped = ship.ship(ckpt, codec_runs[1], tmp_path / "edge-voice")  # the same codec, resumed: equal weights
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors", "training.json"]
+    assert json.loads((shipped / "training.json").read_text())["lm"]["steps"] == 3
+    bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=shipped)
     assert bundle.manifest["tokenizer"]["kind"] == "bytes"
     audio, stats = Voice(bundle).synthesize("Hi there.", sampling=SamplingConfig(temperature=0), max_seconds=0.4)
     assert stats.frames >= 1 and audio.size == stats.frames * 1920

@@ -1,10 +1,13 @@
-"""Ship a trained voice: copy the LM checkpoint (its codec inside) into the package as the `edge-voice` weights.
+"""Ship a trained voice: the LM checkpoint with the final codec inside, into the package as `edge-voice`.
 
     python -m recipes.voice.ship --lm runs/lm/last --codec runs/codec/last
 
-writes ``edge/voices/edge-voice/``: ``config.json`` and ``model.safetensors`` (the Hugging Face checkpoint
-the `edge-voice` preset exports) and ``training.json`` (what trained them: steps, minutes and settings of both
-runs, from their ``state.json``). The next `edge speak` notices the new weights (their digest names the cached
+The LM learnt the codes of the codec's encoder and codebooks, which the codec's second phase freezes, so the
+LM can train while the codec's decoder still does; shipping puts the latest decoder in (and refuses a codec
+whose encoder or codebooks differ from the LM's). Writes ``edge/voices/edge-voice/``: ``config.json`` and
+``model.safetensors`` (the Hugging Face checkpoint the `edge-voice` preset exports) and ``training.json``
+(what trained them: steps, minutes and settings of both runs, from their ``state.json``).
+The next `edge speak` notices the new weights (their digest names the cached
 export) and re-exports. A later session can go on training from the shipped weights with ``--init``.
 """
 
@@ -16,7 +19,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from recipes.voice.common import setup
+from recipes.voice.common import load_codec, setup
 
 log = logging.getLogger("recipes.voice.ship")
 
@@ -25,19 +28,25 @@ FILES = ("config.json", "model.safetensors")
 
 
 def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
-    for name in FILES:
-        if not (lm / name).is_file():
-            raise SystemExit(f"{lm / name} is missing; give --lm a checkpoint written by recipes.voice.train_lm")
+    import torch
+    from transformers import CsmForConditionalGeneration
+
+    model = CsmForConditionalGeneration.from_pretrained(lm, use_safetensors=True)
+    final = load_codec(codec).state_dict()
+    for name, value in model.codec_model.state_dict().items():
+        if not name.startswith("decoder.") and not torch.equal(value, final[name]):
+            raise SystemExit(f"{codec} has another encoder or codebooks than the codec {lm} was trained on ({name})")
+    model.codec_model.load_state_dict(final)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in FILES:
-        shutil.copy2(lm / name, tmp / name)
+    model.save_pretrained(tmp, safe_serialization=True)
     runs = {}
     for role, ckpt in (("codec", codec), ("lm", lm)):
         state = json.loads((ckpt / "state.json").read_text())
         runs[role] = {"steps": state["step"], "minutes": round(state["seconds"] / 60, 1), "args": state["args"]}
     (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
+    for extra in set(p.name for p in tmp.iterdir()) - {*FILES, "training.json"}:
+        (tmp / extra).unlink()  # e.g. generation_config.json: the preset needs only the weights and config
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
