@@ -325,9 +325,14 @@ class StreamingTransformer(nn.Module):
 
 
 class Quantizer(nn.Module):
-    """Mimi's split residual VQ (semantic codebooks, then acoustic ones) for the first K codebooks."""
+    """Mimi's split residual VQ (semantic codebooks, then acoustic ones) for the first K codebooks.
 
-    def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int) -> None:
+    For encoding, one 2-D centroid table per codebook (`tables`); for decoding (``stacked``), one per group,
+    its codebooks' tables stacked, so that a frame's codes are one gather and one sum per group: one table
+    per codebook cost 32 gathers and adds on the real Mimi, and 11 nodes each once quantized.
+    """
+
+    def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int, stacked: bool) -> None:
         super().__init__()
         n_sem = quantizer.num_semantic_quantizers
         rvqs = [quantizer.semantic_residual_vector_quantizer]
@@ -339,13 +344,20 @@ class Quantizer(nn.Module):
         # module's weights are exactly the exported ones.
         self.input_projs = nn.ModuleList([rvq.input_proj or nn.Identity() for rvq in rvqs])
         self.output_projs = nn.ModuleList([rvq.output_proj or nn.Identity() for rvq in rvqs])
+        self.stacked = stacked
         for g, (rvq, n) in enumerate(zip(rvqs, self.counts, strict=True)):
-            for i, layer in enumerate(rvq.layers[:n]):
-                # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage. One 2-D
-                # table per codebook, so that exported graphs gather rows straight from it.
+            tables = []
+            for layer in rvq.layers[:n]:
+                # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage.
                 cb = layer.codebook
-                table = cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]
-                self.register_buffer(f"table{g}_{i}", table.detach().clone(), persistent=False)
+                tables.append((cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]).detach().clone())
+            if stacked:
+                self.register_buffer(f"table{g}", torch.cat(tables), persistent=False)
+                offsets = torch.arange(n) * tables[0].shape[0]  # where each codebook starts in the stack
+                self.register_buffer(f"offsets{g}", offsets[:, None], persistent=False)
+            else:
+                for i, table in enumerate(tables):
+                    self.register_buffer(f"table{g}_{i}", table, persistent=False)
 
     def tables(self, g: int) -> list[torch.Tensor]:
         return [getattr(self, f"table{g}_{i}") for i in range(self.counts[g])]
@@ -354,11 +366,9 @@ class Quantizer(nn.Module):
         """codes (1, K, T) int64 -> latents (1, hidden, T)."""
         out, first = None, 0
         for g, n in enumerate(self.counts):
-            tables = self.tables(g)
-            q = F.embedding(codes[:, first], tables[0])
-            for i in range(1, n):
-                q = q + F.embedding(codes[:, first + i], tables[i])
-            q = self.output_projs[g](q.transpose(1, 2))
+            ids = codes[0, first : first + n] + getattr(self, f"offsets{g}")  # (n, T) rows of the stack
+            q = F.embedding(ids, getattr(self, f"table{g}")).sum(dim=0)  # (T, D)
+            q = self.output_projs[g](q.transpose(0, 1)[None])
             out = q if out is None else out + q
             first += n
         return out
@@ -413,7 +423,7 @@ class MimiDecoderGraph(nn.Module):
     def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
         super().__init__()
         _check(codec, num_codebooks, frames_per_call)
-        self.quantizer = Quantizer(codec.quantizer, num_codebooks)
+        self.quantizer = Quantizer(codec.quantizer, num_codebooks, stacked=True)
         self.upsample = (
             None if codec.decoder.upsample is None else StreamingConvTranspose1d(codec.decoder.upsample)
         )
@@ -460,7 +470,7 @@ class MimiEncoderGraph(nn.Module):
         self.downsample = (
             None if codec.encoder.downsample is None else StreamingConv1d(codec.encoder.downsample)
         )
-        self.quantizer = Quantizer(codec.quantizer, num_codebooks)
+        self.quantizer = Quantizer(codec.quantizer, num_codebooks, stacked=False)
 
     def state_specs(self) -> list[TensorSpec]:
         down = (
