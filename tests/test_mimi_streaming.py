@@ -239,3 +239,36 @@ def test_bad_options(codec: MimiModel) -> None:
         codec_graphs(codec, 8, 5)  # 10 transformer steps > sliding_window 8
     with pytest.raises(EdgeError, match="num_codebooks"):
         codec_graphs(codec, 9, 1)
+
+
+def test_matmul_forms_export_and_quantize(codec: MimiModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every dense conv in MatMul form, the ONNX decoder streams as eager does, frame after frame
+    (state carried), and the int8 recipe turns those MatMuls into 8-bit MatMulNBits."""
+    import numpy as np
+    import onnx
+
+    from edge.export.onnx import export_onnx
+    from edge.quantize.onnx import quantize_file
+    from edge.runtime.sessions import OnnxSession
+
+    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0)
+    g = graph(codec, "codec_decoder")
+    export_onnx(g, tmp_path / "dec.onnx")
+    torch.manual_seed(6)
+    codes = torch.randint(0, codec.config.codebook_size, (1, 8, 6))
+    session = OnnxSession(str(tmp_path / "dec.onnx"), g.to_json())
+    state = {s.name: s.zeros().numpy() for s in g.state}
+    got = []
+    for f in range(codes.shape[-1]):
+        out = session.run({"codes": codes[..., f : f + 1].numpy(), **state})
+        state = {s.name: out[f"{s.name}_next"] for s in g.state}
+        got.append(out["audio"])
+    want = stream(g, codes, 1)
+    np.testing.assert_allclose(np.concatenate(got, axis=-1), want.numpy(), atol=1e-4, rtol=1e-4)
+
+    quantize_file(tmp_path / "dec.onnx", tmp_path / "dec8.onnx", "int8", 32)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "dec8.onnx"), load_external_data=False).graph.node]
+    # Left: the codebook groups' output projections (plain 1x1 convs of one step) and attention's MatMuls.
+    assert "ConvTranspose" not in ops and ops.count("Conv") == 2 and "MatMul" in ops
+    layers = codec.config.num_hidden_layers
+    assert ops.count("MatMulNBits") > 6 * layers  # more than the transformer's own linears
