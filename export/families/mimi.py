@@ -74,10 +74,11 @@ class StreamingConv1d(StreamingModule):
             raise ValueError("streaming needs causal convolutions (config.use_causal_conv=True)")
         if conv.pad_mode not in ("constant", "replicate"):
             raise ValueError(f"unsupported Mimi conv pad_mode '{conv.pad_mode}'")
-        self.conv = conv
         c = conv.conv
         self.stride: int = c.stride[0]
-        self.context: int = (c.kernel_size[0] - 1) * c.dilation[0] + 1 - self.stride
+        self.kernel: int = c.kernel_size[0]
+        self.dilation: int = c.dilation[0]
+        self.context: int = (self.kernel - 1) * self.dilation + 1 - self.stride
         self.replicate = conv.pad_mode == "replicate"
         if self.context > 0:
             self.state_shapes = [(1, c.in_channels, self.context)]
@@ -85,6 +86,9 @@ class StreamingConv1d(StreamingModule):
         if self.matmul:  # (kernel * in, out): row k * in + i holds tap k of input channel i
             w = c.weight.detach().permute(2, 1, 0).reshape(-1, c.out_channels)
             self.register_buffer("weight", w.contiguous(), persistent=False)
+            self.bias = c.bias
+        else:
+            self.conv = c
 
     def forward(
         self, x: torch.Tensor, state: States, first: torch.Tensor | None = None
@@ -99,16 +103,15 @@ class StreamingConv1d(StreamingModule):
             x = torch.cat([tail, x], dim=-1)
             new_state = [x[..., -self.context :]]
         if not self.matmul:
-            return self.conv.conv(x), new_state
-        c = self.conv.conv
-        steps = (x.shape[-1] - c.dilation[0] * (c.kernel_size[0] - 1) - 1) // self.stride + 1
+            return self.conv(x), new_state
+        steps = (x.shape[-1] - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
         taps = [
-            x[0, :, k * c.dilation[0] : k * c.dilation[0] + (steps - 1) * self.stride + 1 : self.stride]
-            for k in range(c.kernel_size[0])
+            x[0, :, k * self.dilation : k * self.dilation + (steps - 1) * self.stride + 1 : self.stride]
+            for k in range(self.kernel)
         ]  # each (in, steps)
         y = torch.cat(taps, dim=0).transpose(0, 1) @ self.weight  # (steps, out)
-        if c.bias is not None:
-            y = y + c.bias
+        if self.bias is not None:
+            y = y + self.bias
         return y.transpose(0, 1)[None], new_state
 
 
@@ -126,7 +129,6 @@ class StreamingConvTranspose1d(StreamingModule):
         super().__init__()
         if not (conv.causal and conv.trim_right_ratio == 1.0):
             raise ValueError("streaming needs causal transposed convs with trim_right_ratio=1.0")
-        self.conv = conv
         c = conv.conv
         self.stride: int = c.stride[0]
         self.channels: int = c.out_channels
@@ -141,14 +143,17 @@ class StreamingConvTranspose1d(StreamingModule):
             # Depthwise (channels, K); dense (in, out * K), so that step t's product is (out, K) row-major.
             self.register_buffer("weight", w[:, 0] if self.depthwise else w.reshape(w.shape[0], -1),
                                  persistent=False)
+        else:
+            self.conv = c
+        self.bias = c.bias
         if self.context > 0:
             self.state_shapes = [(1, self.channels, self.context)]
 
     def forward(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
-        c = self.conv.conv
         if self.spans:
             y, new_state = self._overlap_add(x, state)
         else:
+            c = self.conv
             y = F.conv_transpose1d(x, c.weight, None, c.stride, 0, 0, c.groups, c.dilation)
             n = x.shape[-1] * self.stride
             new_state = []
@@ -157,8 +162,8 @@ class StreamingConvTranspose1d(StreamingModule):
                 y = torch.cat([y[..., : self.context] + tail, y[..., self.context :]], dim=-1)
                 new_state = [y[..., n:]]
             y = y[..., :n]
-        if c.bias is not None:
-            y = y + c.bias[:, None]
+        if self.bias is not None:
+            y = y + self.bias[:, None]
         return y, new_state
 
     def _overlap_add(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
