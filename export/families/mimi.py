@@ -83,8 +83,8 @@ class StreamingConv1d(StreamingModule):
         if self.context > 0:
             self.state_shapes = [(1, c.in_channels, self.context)]
         self.matmul = c.groups == 1 and c.weight.numel() >= MATMUL_MIN_WEIGHTS
-        if self.matmul:  # (kernel * in, out): row k * in + i holds tap k of input channel i
-            w = c.weight.detach().permute(2, 1, 0).reshape(-1, c.out_channels)
+        if self.matmul:  # (out, kernel * in): column k * in + i holds tap k of input channel i
+            w = c.weight.detach().permute(0, 2, 1).reshape(c.out_channels, -1)
             self.register_buffer("weight", w.contiguous(), persistent=False)
             self.bias = c.bias
         else:
@@ -109,9 +109,8 @@ class StreamingConv1d(StreamingModule):
             x[0, :, k * self.dilation : k * self.dilation + (steps - 1) * self.stride + 1 : self.stride]
             for k in range(self.kernel)
         ]  # each (in, steps)
-        y = torch.cat(taps, dim=0).transpose(0, 1) @ self.weight  # (steps, out)
-        if self.bias is not None:
-            y = y + self.bias
+        # A linear layer (not `@`), so that ExecuTorch's XNNPACK partitioner takes it as one.
+        y = F.linear(torch.cat(taps, dim=0).transpose(0, 1), self.weight, self.bias)  # (steps, out)
         return y.transpose(0, 1)[None], new_state
 
 
@@ -140,8 +139,8 @@ class StreamingConvTranspose1d(StreamingModule):
         )
         if self.spans:
             w = F.pad(c.weight.detach(), (0, self.spans * self.stride - c.kernel_size[0]))  # (in, out/groups, K)
-            # Depthwise (channels, K); dense (in, out * K), so that step t's product is (out, K) row-major.
-            self.register_buffer("weight", w[:, 0] if self.depthwise else w.reshape(w.shape[0], -1),
+            # Depthwise (channels, K); dense (out * K, in), so that step t's product is (out, K) row-major.
+            self.register_buffer("weight", w[:, 0] if self.depthwise else w.reshape(w.shape[0], -1).T.contiguous(),
                                  persistent=False)
         else:
             self.conv = c
@@ -171,7 +170,7 @@ class StreamingConvTranspose1d(StreamingModule):
         if self.depthwise:
             z = x[0, :, :, None] * self.weight[:, None, :]  # (C, T, K)
         else:
-            z = (x[0].transpose(0, 1) @ self.weight).view(t, c, -1).transpose(0, 1)  # (C, T, K)
+            z = F.linear(x[0].transpose(0, 1), self.weight).view(t, c, -1).transpose(0, 1)  # (C, T, K)
         # Output frame f (s samples) sums span j of step f - j; the last spans - 1 frames overlap the next
         # chunk and come back as state.
         acc = F.pad(z[..., :s], (0, 0, 0, spans - 1))
