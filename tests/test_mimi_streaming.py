@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import MimiConfig, MimiModel
-from transformers.models.mimi.modeling_mimi import MimiLayerScale
+from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiLayerScale
 
 from edge.errors import EdgeError
+from edge.export.families import mimi
 from edge.export.families.mimi import (
     MimiEncoderGraph,
+    StreamingConv1d,
+    StreamingConvTranspose1d,
     StreamingTransformer,
     codec_graphs,
     codec_manifest,
@@ -60,8 +63,18 @@ def sine_audio() -> torch.Tensor:
     return (0.3 * torch.sin(2 * torch.pi * 220 * t) + 0.05 * torch.randn(t.shape)).reshape(1, 1, -1)
 
 
+@pytest.fixture(params=["default", "matmul"])
+def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Convolutions as the real config exports them, or every dense one in its MatMul form."""
+    if request.param == "matmul":
+        monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize(("num_codebooks", "frames_per_call"), [(8, 1), (8, 2), (3, 1)])
-def test_decoder_matches_whole_sequence(codec: MimiModel, num_codebooks: int, frames_per_call: int) -> None:
+def test_decoder_matches_whole_sequence(
+    codec: MimiModel, num_codebooks: int, frames_per_call: int, conv_form: str
+) -> None:
     torch.manual_seed(2)
     codes = torch.randint(0, codec.config.codebook_size, (1, num_codebooks, FRAMES))
     with torch.no_grad():
@@ -74,7 +87,9 @@ def test_decoder_matches_whole_sequence(codec: MimiModel, num_codebooks: int, fr
 
 
 @pytest.mark.parametrize(("num_codebooks", "frames_per_call"), [(8, 1), (8, 2), (3, 1)])
-def test_encoder_matches_whole_sequence(codec: MimiModel, num_codebooks: int, frames_per_call: int) -> None:
+def test_encoder_matches_whole_sequence(
+    codec: MimiModel, num_codebooks: int, frames_per_call: int, conv_form: str
+) -> None:
     audio = sine_audio()
     with torch.no_grad():
         ref_latents = codec.encoder(audio).latents
@@ -99,6 +114,51 @@ def test_encoder_matches_whole_sequence(codec: MimiModel, num_codebooks: int, fr
     assert same >= 0.99, f"only {same:.1%} of the codes match"
 
 
+def _stream_layer(layer: torch.nn.Module, x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+    state, outs, start = [torch.zeros(shape) for shape in layer.state_shapes], [], 0
+    for t in chunks:
+        y, state = layer(x[..., start : start + t], state)
+        outs.append(y)
+        start += t
+    return torch.cat(outs, dim=-1)
+
+
+@pytest.mark.parametrize("matmul", [False, True])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "groups"), [(8, 4, 1), (5, 2, 1), (3, 3, 1), (4, 2, 6), (6, 3, 1)]
+)
+def test_conv_transpose_forms(kernel: int, stride: int, groups: int, matmul: bool,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transposed convs streamed in chunks (MatMul or elementwise product + overlap-add when `matmul` or
+    depthwise, else ConvTranspose) equal the reference over the whole sequence, kernels not a multiple
+    of the stride included."""
+    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0 if matmul else 10**9)
+    torch.manual_seed(4)
+    ref = MimiConvTranspose1d(MimiConfig(**TINY_MIMI), 6, 6 if groups > 1 else 5, kernel, stride, groups).eval()
+    layer = StreamingConvTranspose1d(ref)
+    assert bool(layer.spans) == (matmul or groups > 1)
+    x = torch.randn(1, 6, 11)
+    with torch.no_grad():
+        want, got = ref(x), _stream_layer(layer, x, [1, 3, 2, 4, 1])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("matmul", [False, True])
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(7, 1, 1), (3, 1, 3), (4, 2, 1), (1, 1, 1)])
+def test_conv_forms(kernel: int, stride: int, dilation: int, matmul: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Convs streamed in chunks (as one MatMul of the unfolded input when `matmul`, else Conv) equal the
+    reference over the whole sequence."""
+    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0 if matmul else 10**9)
+    torch.manual_seed(5)
+    ref = MimiConv1d(MimiConfig(**TINY_MIMI), 6, 5, kernel, stride, dilation).eval()
+    layer = StreamingConv1d(ref)
+    assert layer.matmul == matmul
+    x = torch.randn(1, 6, 12 * stride)
+    with torch.no_grad():
+        want, got = ref(x), _stream_layer(layer, x, [stride * n for n in (1, 3, 2, 4, 2)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("window", [8, 5])
 def test_transformer_ring_buffer_matches_sliding_window(window: int) -> None:
     """Chunks of varying size through the ring buffer give exactly the reference's sliding-window mask."""
@@ -114,7 +174,8 @@ def test_transformer_ring_buffer_matches_sliding_window(window: int) -> None:
 
     with torch.no_grad():
         ref = ref_model(x).last_hidden_state
-        kv, pos, outs, start = torch.zeros(streaming.kv_shape), torch.zeros(1, dtype=torch.int64), [], 0
+        kv = [torch.zeros(shape) for shape in streaming.kv_shapes]
+        pos, outs, start = torch.zeros(1, dtype=torch.int64), [], 0
         for t in chunks:
             y, kv, pos = streaming(x[:, start : start + t], kv, pos)
             outs.append(y)
@@ -178,3 +239,36 @@ def test_bad_options(codec: MimiModel) -> None:
         codec_graphs(codec, 8, 5)  # 10 transformer steps > sliding_window 8
     with pytest.raises(EdgeError, match="num_codebooks"):
         codec_graphs(codec, 9, 1)
+
+
+def test_matmul_forms_export_and_quantize(codec: MimiModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every dense conv in MatMul form, the ONNX decoder streams as eager does, frame after frame
+    (state carried), and the int8 recipe turns those MatMuls into 8-bit MatMulNBits."""
+    import numpy as np
+    import onnx
+
+    from edge.export.onnx import export_onnx
+    from edge.quantize.onnx import quantize_file
+    from edge.runtime.sessions import OnnxSession
+
+    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0)
+    g = graph(codec, "codec_decoder")
+    export_onnx(g, tmp_path / "dec.onnx")
+    torch.manual_seed(6)
+    codes = torch.randint(0, codec.config.codebook_size, (1, 8, 6))
+    session = OnnxSession(str(tmp_path / "dec.onnx"), g.to_json())
+    state = {s.name: s.zeros().numpy() for s in g.state}
+    got = []
+    for f in range(codes.shape[-1]):
+        out = session.run({"codes": codes[..., f : f + 1].numpy(), **state})
+        state = {s.name: out[f"{s.name}_next"] for s in g.state}
+        got.append(out["audio"])
+    want = stream(g, codes, 1)
+    np.testing.assert_allclose(np.concatenate(got, axis=-1), want.numpy(), atol=1e-4, rtol=1e-4)
+
+    quantize_file(tmp_path / "dec.onnx", tmp_path / "dec8.onnx", "int8", 32)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "dec8.onnx"), load_external_data=False).graph.node]
+    # Left: the codebook groups' output projections (plain 1x1 convs of one step) and attention's MatMuls.
+    assert "ConvTranspose" not in ops and ops.count("Conv") == 2 and "MatMul" in ops
+    layers = codec.config.num_hidden_layers
+    assert ops.count("MatMulNBits") > 6 * layers  # more than the transformer's own linears

@@ -33,7 +33,6 @@ from transformers.models.mimi.modeling_mimi import (
     MimiTransformerLayer,
     MimiTransformerModel,
     apply_rotary_pos_emb,
-    repeat_kv,
 )
 
 from edge.errors import EdgeError
@@ -52,12 +51,21 @@ class StreamingModule(nn.Module):
         self.state_shapes: list[Shape] = []
 
 
+# Convolutions with at least this many weights run as a `MatMul` against a constant weight (below). Mimi's
+# largest ones see a handful of steps per call, so reading the weights dominates: as a MatMul the int8
+# recipe stores and reads them as 8-bit `MatMulNBits`, where onnxruntime keeps `Conv` fp32 (its ConvInteger
+# is slower) and ran the 8M-weight `ConvTranspose` at about 1 GMAC/s. Smaller ones, which see hundreds of
+# steps, stay `Conv` / `ConvTranspose`: there the MatMul form only adds layout copies.
+MATMUL_MIN_WEIGHTS = 2**20
+
+
 class StreamingConv1d(StreamingModule):
     """A causal `MimiConv1d` (strided or dilated) fed chunks whose length is a multiple of its stride.
 
     State: the last ``(kernel - 1) * dilation + 1 - stride`` input samples (none for 1x1 convs). The
     reference left-pads the whole sequence with zeros, or with copies of its first sample when
     ``pad_mode == "replicate"``; for the latter, pass ``first`` (a bool tensor, true on the first call).
+    A large dense conv (`MATMUL_MIN_WEIGHTS`) runs as one MatMul of its unfolded input.
     """
 
     def __init__(self, conv: MimiConv1d) -> None:
@@ -66,58 +74,114 @@ class StreamingConv1d(StreamingModule):
             raise ValueError("streaming needs causal convolutions (config.use_causal_conv=True)")
         if conv.pad_mode not in ("constant", "replicate"):
             raise ValueError(f"unsupported Mimi conv pad_mode '{conv.pad_mode}'")
-        self.conv = conv
         c = conv.conv
         self.stride: int = c.stride[0]
-        self.context: int = (c.kernel_size[0] - 1) * c.dilation[0] + 1 - self.stride
+        self.kernel: int = c.kernel_size[0]
+        self.dilation: int = c.dilation[0]
+        self.context: int = (self.kernel - 1) * self.dilation + 1 - self.stride
         self.replicate = conv.pad_mode == "replicate"
         if self.context > 0:
             self.state_shapes = [(1, c.in_channels, self.context)]
+        self.matmul = c.groups == 1 and c.weight.numel() >= MATMUL_MIN_WEIGHTS
+        if self.matmul:  # (out, kernel * in): column k * in + i holds tap k of input channel i
+            w = c.weight.detach().permute(0, 2, 1).reshape(c.out_channels, -1)
+            self.register_buffer("weight", w.contiguous(), persistent=False)
+            self.bias = c.bias
+        else:
+            self.conv = c
 
     def forward(
         self, x: torch.Tensor, state: States, first: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, States]:
-        if self.context == 0:
-            return self.conv.conv(x), []
-        (tail,) = state
-        if self.replicate:
-            if first is None:
-                raise ValueError("a replicate-padded conv needs `first`")
-            tail = torch.where(first.reshape(1, 1, 1), x[..., :1].expand_as(tail), tail)
-        x = torch.cat([tail, x], dim=-1)
-        return self.conv.conv(x), [x[..., -self.context :]]
+        new_state: States = []
+        if self.context > 0:
+            (tail,) = state
+            if self.replicate:
+                if first is None:
+                    raise ValueError("a replicate-padded conv needs `first`")
+                tail = torch.where(first.reshape(1, 1, 1), x[..., :1].expand_as(tail), tail)
+            x = torch.cat([tail, x], dim=-1)
+            new_state = [x[..., -self.context :]]
+        if not self.matmul:
+            return self.conv(x), new_state
+        steps = (x.shape[-1] - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
+        taps = [
+            x[0, :, k * self.dilation : k * self.dilation + (steps - 1) * self.stride + 1 : self.stride]
+            for k in range(self.kernel)
+        ]  # each (in, steps)
+        # A linear layer (not `@`), so that ExecuTorch's XNNPACK partitioner takes it as one.
+        y = F.linear(torch.cat(taps, dim=0).transpose(0, 1), self.weight, self.bias)  # (steps, out)
+        return y.transpose(0, 1)[None], new_state
 
 
 class StreamingConvTranspose1d(StreamingModule):
     """A causal `MimiConvTranspose1d` (also grouped, as Mimi's upsampling) fed chunk by chunk.
 
-    State: the ``kernel - stride`` output samples that overlap the next chunk, without bias.
+    A large dense one (`MATMUL_MIN_WEIGHTS`) runs as one MatMul per input step against a constant weight
+    and an overlap-add of the ``kernel / stride`` output frames each step spans (the kernel zero-padded to a
+    multiple of the stride); a depthwise one (Mimi's upsampling: onnxruntime's grouped `ConvTranspose`
+    loops over the groups) as an elementwise product and the same overlap-add. State: the
+    ``kernel - stride`` output samples that overlap the next chunk, without bias.
     """
 
     def __init__(self, conv: MimiConvTranspose1d) -> None:
         super().__init__()
         if not (conv.causal and conv.trim_right_ratio == 1.0):
             raise ValueError("streaming needs causal transposed convs with trim_right_ratio=1.0")
-        self.conv = conv
         c = conv.conv
         self.stride: int = c.stride[0]
-        self.context: int = c.kernel_size[0] - self.stride
+        self.channels: int = c.out_channels
+        self.depthwise = c.groups == c.in_channels == c.out_channels > 1 and c.dilation[0] == 1
+        self.matmul = c.groups == 1 and c.dilation[0] == 1 and c.weight.numel() >= MATMUL_MIN_WEIGHTS
+        self.spans = -(-c.kernel_size[0] // self.stride) if self.depthwise or self.matmul else 0
+        self.context: int = (
+            (self.spans - 1) * self.stride if self.spans else c.kernel_size[0] - self.stride
+        )
+        if self.spans:
+            w = F.pad(c.weight.detach(), (0, self.spans * self.stride - c.kernel_size[0]))  # (in, out/groups, K)
+            # Depthwise (channels, K); dense (out * K, in), so that step t's product is (out, K) row-major.
+            self.register_buffer("weight", w[:, 0] if self.depthwise else w.reshape(w.shape[0], -1).T.contiguous(),
+                                 persistent=False)
+        else:
+            self.conv = c
+        self.bias = c.bias
         if self.context > 0:
-            self.state_shapes = [(1, c.out_channels, self.context)]
+            self.state_shapes = [(1, self.channels, self.context)]
 
     def forward(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
-        c = self.conv.conv
-        y = F.conv_transpose1d(x, c.weight, None, c.stride, 0, 0, c.groups, c.dilation)
-        n = x.shape[-1] * self.stride
+        if self.spans:
+            y, new_state = self._overlap_add(x, state)
+        else:
+            c = self.conv
+            y = F.conv_transpose1d(x, c.weight, None, c.stride, 0, 0, c.groups, c.dilation)
+            n = x.shape[-1] * self.stride
+            new_state = []
+            if self.context > 0:
+                (tail,) = state
+                y = torch.cat([y[..., : self.context] + tail, y[..., self.context :]], dim=-1)
+                new_state = [y[..., n:]]
+            y = y[..., :n]
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y, new_state
+
+    def _overlap_add(self, x: torch.Tensor, state: States) -> tuple[torch.Tensor, States]:
+        t, s, c, spans = x.shape[-1], self.stride, self.channels, self.spans
+        if self.depthwise:
+            z = x[0, :, :, None] * self.weight[:, None, :]  # (C, T, K)
+        else:
+            z = F.linear(x[0].transpose(0, 1), self.weight).view(t, c, -1).transpose(0, 1)  # (C, T, K)
+        # Output frame f (s samples) sums span j of step f - j; the last spans - 1 frames overlap the next
+        # chunk and come back as state.
+        acc = F.pad(z[..., :s], (0, 0, 0, spans - 1))
+        for j in range(1, spans):
+            acc = acc + F.pad(z[..., j * s : (j + 1) * s], (0, 0, j, spans - 1 - j))
         new_state: States = []
         if self.context > 0:
             (tail,) = state
-            y = torch.cat([y[..., : self.context] + tail, y[..., self.context :]], dim=-1)
-            new_state = [y[..., n:]]
-        y = y[..., :n]
-        if c.bias is not None:
-            y = y + c.bias[:, None]
-        return y, new_state
+            acc = acc + F.pad(tail[0].view(c, spans - 1, s), (0, 0, 0, t))
+            new_state = [acc[:, t:].reshape(1, c, self.context)]
+        return acc[:, :t].reshape(1, c, t * s), new_state
 
 
 class StreamingChain(StreamingModule):
@@ -177,9 +241,13 @@ class StreamingTransformer(nn.Module):
     """`MimiTransformerModel` run on T new steps at a time with a ring-buffer KV cache.
 
     As the reference's sliding-window mask (``q - window < k <= q``), step ``q`` sees itself and the
-    ``window - 1`` steps before it. The cache holds ``window`` slots, shaped (layers, 2, kv_heads,
-    window, head_dim) (2 = keys after RoPE, values); step ``p`` goes to slot ``p % window``. Slots
-    not yet written or out of the window are masked by position, so the cache starts as zeros.
+    ``window - 1`` steps before it. Each layer's keys (after RoPE) and values are two state tensors of
+    ``window`` slots, keys shaped (kv_heads, head_dim, window) (transposed, as the scores need them) and
+    values (kv_heads, window, head_dim), in `kv_names` order; step ``p`` goes to slot ``p % window``.
+    Slots not yet written or out of the window are masked by position, so the cache starts as zeros.
+    One tensor per layer and kind, attention against the cache and against the new steps taken
+    separately, and one scatter of the new slots: each cache is read once and copied once per call
+    (onnxruntime has no views; a packed cache cost a split, a stack, a concatenation and a full `where`).
     """
 
     def __init__(self, model: MimiTransformerModel) -> None:
@@ -194,11 +262,13 @@ class StreamingTransformer(nn.Module):
         self.heads: int = attn.num_heads
         self.kv_heads: int = attn.num_key_value_heads
         self.head_dim: int = attn.head_dim
-        self.kv_shape: Shape = (len(self.layers), 2, self.kv_heads, self.window, self.head_dim)
+        self.kv_names: list[str] = [f"{kind}{i}" for i in range(len(self.layers)) for kind in "kv"]
+        self.kv_shapes: list[Shape] = [(self.kv_heads, self.head_dim, self.window),
+                                       (self.kv_heads, self.window, self.head_dim)] * len(self.layers)
 
     def forward(
-        self, x: torch.Tensor, kv: torch.Tensor, pos: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, kv: States, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, States, torch.Tensor]:
         """x (1, T, hidden) at positions pos..pos+T-1 (T <= window) -> (y, kv, pos + T)."""
         t, w = x.shape[1], self.window
         q_pos = pos + torch.arange(t)  # (T,)
@@ -207,25 +277,25 @@ class StreamingTransformer(nn.Module):
         # zero for negative ones (C fmod), unlike torch and ONNX.
         behind = torch.remainder(torch.remainder(pos + w - 1, w) - slots + w, w)  # == (pos - 1 - slot) mod w
         slot_pos = pos - 1 - behind  # latest position before `pos` held by each slot; < 0: empty
-        k_pos = torch.cat([slot_pos, q_pos])
-        visible = (k_pos >= 0) & (k_pos <= q_pos[:, None]) & (k_pos > q_pos[:, None] - w)  # (T, W + T)
-        # Where this call's steps go: slot i takes new step (i - pos) % w when that is < T.
-        src = torch.remainder(slots - torch.remainder(pos, w) + w, w)
-        write = (src < t)[:, None]
-        src = src.clamp(max=t - 1)
+        cached = (slot_pos >= 0) & (slot_pos > q_pos[:, None] - w)  # (T, W)
+        causal = torch.ones(t, t, dtype=torch.bool).tril()  # new steps: each sees itself and those before
+        groups = self.heads // self.kv_heads
+        mask = torch.cat([cached, causal], dim=-1).repeat(groups, 1)  # (groups * T, W + T), rows as queries
+        write = torch.remainder(q_pos, w)  # this call's slots
+        k_slots = write.expand(self.kv_heads, self.head_dim, t)
+        v_slots = write[:, None].expand(self.kv_heads, t, self.head_dim)
 
         freqs = q_pos.float()[:, None] * self.rotary.inv_freq[None, :].float()
         emb = torch.cat([freqs, freqs], dim=-1)[None]
         cos = (emb.cos() * self.rotary.attention_scaling).to(x.dtype)
         sin = (emb.sin() * self.rotary.attention_scaling).to(x.dtype)
 
-        new_kv = []
+        new_kv: States = []
         for i, layer in enumerate(self.layers):
-            x, k, v = self._layer(layer, x, cos, sin, kv[i, 0], kv[i, 1], visible)
-            k = torch.where(write, k.index_select(1, src), kv[i, 0])
-            v = torch.where(write, v.index_select(1, src), kv[i, 1])
-            new_kv.append(torch.stack([k, v]))
-        return x, torch.stack(new_kv), pos + t
+            k_cache, v_cache = kv[2 * i], kv[2 * i + 1]
+            x, k, v = self._layer(layer, x, cos, sin, k_cache, v_cache, mask)
+            new_kv += [k_cache.scatter(2, k_slots, k), v_cache.scatter(1, v_slots, v)]
+        return x, new_kv, pos + t
 
     def _layer(
         self,
@@ -235,29 +305,38 @@ class StreamingTransformer(nn.Module):
         sin: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        visible: torch.Tensor,
+        mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One pre-norm layer; returns x and this call's keys/values (kv_heads, T, head_dim)."""
+        """One pre-norm layer; returns x and this call's keys (kv_heads, head_dim, T) and values
+        (kv_heads, T, head_dim)."""
         attn = layer.self_attn
-        t = x.shape[1]
+        t, w = x.shape[1], self.window
         h = layer.input_layernorm(x)
         q = attn.q_proj(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys = repeat_kv(torch.cat([k_cache[None], k], dim=2), attn.num_key_value_groups)
-        values = repeat_kv(torch.cat([v_cache[None], v], dim=2), attn.num_key_value_groups)
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=attn.scaling)
-        o = attn.o_proj(o.transpose(1, 2).reshape(1, t, self.heads * self.head_dim))
+        k, v = k[0].transpose(1, 2), v[0]
+        # Queries grouped by their kv head (kv_heads, groups * T, head_dim): nothing is repeated.
+        q = q.reshape(self.kv_heads, -1, self.head_dim) * attn.scaling
+        scores = torch.cat([q @ k_cache, q @ k], dim=-1)
+        p = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        o = p[..., :w] @ v_cache + p[..., w:] @ v  # (kv_heads, groups * T, head_dim)
+        o = attn.o_proj(o.reshape(1, self.heads, t, self.head_dim).transpose(1, 2).reshape(1, t, -1))
         x = x + layer.self_attn_layer_scale(o)
         x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
-        return x, k[0], v[0]
+        return x, k, v
 
 
 class Quantizer(nn.Module):
-    """Mimi's split residual VQ (semantic codebooks, then acoustic ones) for the first K codebooks."""
+    """Mimi's split residual VQ (semantic codebooks, then acoustic ones) for the first K codebooks.
 
-    def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int) -> None:
+    For encoding, one 2-D centroid table per codebook (`tables`); for decoding (``stacked``), one per group,
+    its codebooks' tables stacked, so that a frame's codes are one gather and one sum per group: one table
+    per codebook cost 32 gathers and adds on the real Mimi, and 11 nodes each once quantized.
+    """
+
+    def __init__(self, quantizer: MimiSplitResidualVectorQuantizer, num_codebooks: int, stacked: bool) -> None:
         super().__init__()
         n_sem = quantizer.num_semantic_quantizers
         rvqs = [quantizer.semantic_residual_vector_quantizer]
@@ -269,13 +348,20 @@ class Quantizer(nn.Module):
         # module's weights are exactly the exported ones.
         self.input_projs = nn.ModuleList([rvq.input_proj or nn.Identity() for rvq in rvqs])
         self.output_projs = nn.ModuleList([rvq.output_proj or nn.Identity() for rvq in rvqs])
+        self.stacked = stacked
         for g, (rvq, n) in enumerate(zip(rvqs, self.counts, strict=True)):
-            for i, layer in enumerate(rvq.layers[:n]):
-                # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage. One 2-D
-                # table per codebook, so that exported graphs gather rows straight from it.
+            tables = []
+            for layer in rvq.layers[:n]:
+                # As MimiEuclideanCodebook.embed: centroids = embed_sum / clamped cluster usage.
                 cb = layer.codebook
-                table = cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]
-                self.register_buffer(f"table{g}_{i}", table.detach().clone(), persistent=False)
+                tables.append((cb.embed_sum / cb.cluster_usage.clamp(min=cb.epsilon)[:, None]).detach().clone())
+            if stacked:
+                self.register_buffer(f"table{g}", torch.cat(tables), persistent=False)
+                offsets = torch.arange(n) * tables[0].shape[0]  # where each codebook starts in the stack
+                self.register_buffer(f"offsets{g}", offsets[:, None], persistent=False)
+            else:
+                for i, table in enumerate(tables):
+                    self.register_buffer(f"table{g}_{i}", table, persistent=False)
 
     def tables(self, g: int) -> list[torch.Tensor]:
         return [getattr(self, f"table{g}_{i}") for i in range(self.counts[g])]
@@ -284,11 +370,9 @@ class Quantizer(nn.Module):
         """codes (1, K, T) int64 -> latents (1, hidden, T)."""
         out, first = None, 0
         for g, n in enumerate(self.counts):
-            tables = self.tables(g)
-            q = F.embedding(codes[:, first], tables[0])
-            for i in range(1, n):
-                q = q + F.embedding(codes[:, first + i], tables[i])
-            q = self.output_projs[g](q.transpose(1, 2))
+            ids = codes[0, first : first + n] + getattr(self, f"offsets{g}")  # (n, T) rows of the stack
+            q = F.embedding(ids, getattr(self, f"table{g}")).sum(dim=0)  # (T, D)
+            q = self.output_projs[g](q.transpose(0, 1)[None])
             out = q if out is None else out + q
             first += n
         return out
@@ -336,13 +420,14 @@ class MimiDecoderGraph(nn.Module):
     """codes (1, K, F) -> audio (1, 1, F * samples_per_frame), streaming (graph ``codec_decoder``).
 
     Path: dequantize -> upsample (transposed conv) -> decoder transformer -> SEANet decoder.
-    State, in order: ``dec.up``, ``dec.kv``, ``dec.pos``, then ``dec.conv{i}`` for each SEANet conv tail.
+    State, in order: ``dec.up``, ``dec.k{i}`` / ``dec.v{i}`` per transformer layer, ``dec.pos``, then
+    ``dec.conv{i}`` for each SEANet conv tail.
     """
 
     def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
         super().__init__()
         _check(codec, num_codebooks, frames_per_call)
-        self.quantizer = Quantizer(codec.quantizer, num_codebooks)
+        self.quantizer = Quantizer(codec.quantizer, num_codebooks, stacked=True)
         self.upsample = (
             None if codec.decoder.upsample is None else StreamingConvTranspose1d(codec.decoder.upsample)
         )
@@ -353,27 +438,30 @@ class MimiDecoderGraph(nn.Module):
         up = [] if self.upsample is None else [TensorSpec("dec.up", self.upsample.state_shapes[0])]
         return [
             *up,
-            TensorSpec("dec.kv", self.transformer.kv_shape),
+            *(TensorSpec(f"dec.{n}", s) for n, s in zip(self.transformer.kv_names, self.transformer.kv_shapes,
+                                                         strict=True)),
             TensorSpec("dec.pos", (1,), "int64"),
             *(TensorSpec(f"dec.conv{i}", s) for i, s in enumerate(self.seanet.state_shapes)),
         ]
 
     def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n_up = 0 if self.upsample is None else 1
-        up, (kv, pos), convs = _split(state, [n_up, 2, len(self.seanet.state_shapes)])
+        n_kv = len(self.transformer.kv_names)
+        up, kv, (pos,), convs = _split(state, [n_up, n_kv, 1, len(self.seanet.state_shapes)])
         x = self.quantizer.decode(codes)
         if self.upsample is not None:
             x, up = self.upsample(x, up)
         x, kv, pos = self.transformer(x.transpose(1, 2), kv, pos)
         audio, convs = self.seanet(x.transpose(1, 2), convs)
-        return (audio, *up, kv, pos, *convs)
+        return (audio, *up, *kv, pos, *convs)
 
 
 class MimiEncoderGraph(nn.Module):
     """audio (1, 1, F * samples_per_frame) -> codes (1, K, F) int64, streaming (graph ``codec_encoder``).
 
     Path: SEANet encoder -> encoder transformer -> downsample (strided conv) -> quantize.
-    State, in order: ``enc.conv{i}`` for each SEANet conv tail, ``enc.kv``, ``enc.pos``, ``enc.down``.
+    State, in order: ``enc.conv{i}`` for each SEANet conv tail, ``enc.k{i}`` / ``enc.v{i}`` per transformer
+    layer, ``enc.pos``, ``enc.down``.
     """
 
     def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
@@ -386,7 +474,7 @@ class MimiEncoderGraph(nn.Module):
         self.downsample = (
             None if codec.encoder.downsample is None else StreamingConv1d(codec.encoder.downsample)
         )
-        self.quantizer = Quantizer(codec.quantizer, num_codebooks)
+        self.quantizer = Quantizer(codec.quantizer, num_codebooks, stacked=False)
 
     def state_specs(self) -> list[TensorSpec]:
         down = (
@@ -396,7 +484,8 @@ class MimiEncoderGraph(nn.Module):
         )
         return [
             *(TensorSpec(f"enc.conv{i}", s) for i, s in enumerate(self.seanet.state_shapes)),
-            TensorSpec("enc.kv", self.transformer.kv_shape),
+            *(TensorSpec(f"enc.{n}", s) for n, s in zip(self.transformer.kv_names, self.transformer.kv_shapes,
+                                                         strict=True)),
             TensorSpec("enc.pos", (1,), "int64"),
             *down,
         ]
@@ -408,14 +497,15 @@ class MimiEncoderGraph(nn.Module):
     def latents(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """As `forward`, but returns the latents (1, hidden, F) before quantization."""
         n_down = 0 if self.downsample is None else len(self.downsample.state_shapes)
-        convs, (kv, pos), down = _split(state, [len(self.seanet.state_shapes), 2, n_down])
+        n_kv = len(self.transformer.kv_names)
+        convs, kv, (pos,), down = _split(state, [len(self.seanet.state_shapes), n_kv, 1, n_down])
         x, convs = self.seanet(audio, convs)
         y, kv, new_pos = self.transformer(x.transpose(1, 2), kv, pos)
         latents = y.transpose(1, 2)
         if self.downsample is not None:
             # The reference pads the downsampling conv with copies of its first input ("replicate").
             latents, down = self.downsample(latents, down, first=pos == 0)
-        return (latents, *convs, kv, new_pos, *down)
+        return (latents, *convs, *kv, new_pos, *down)
 
 
 def codec_graphs(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> list[Graph]:
