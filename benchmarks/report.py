@@ -16,6 +16,11 @@ def _x(ratio: float) -> str:
     return f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
 
 
+def _threads(r: dict[str, Any]) -> str:
+    n = r.get("threads")
+    return "threads not recorded" if n is None else f"{n} thread{'s' if n > 1 else ''}"
+
+
 def _edge_runners(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: r for name, r in section["runners"].items() if "/" in name and not name.startswith("eager")}
 
@@ -95,7 +100,8 @@ def _e2e_table(sec: dict[str, Any]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in sec["runners"].items():
         if name == "eager_generate":
-            lines.append(f"| transformers `generate` + Mimi decode | {r['frames']} | {_ms(r['first_audio'])} "
+            lines.append(f"| transformers `generate` + Mimi decode ({_threads(r)}) | {r['frames']} "
+                         f"| {_ms(r['first_audio'])} "
                          f"(not streaming) | | {r['rtf']:.3f} | 1.00x | | {r['peak_rss_mb']:.0f} MB |")
             continue
         split = " / ".join(f"{v:.1f}" for v in r["per_frame_ms"].values())
@@ -122,6 +128,8 @@ def _roofline_table(sec: dict[str, Any]) -> list[str]:
     lines = ["| lm_step | weights read | KV read | bound | measured (median) | measured / bound | speed-up vs eager |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in sec["runners"].items():
+        if name.startswith("eager"):
+            name = f"{name}, {_threads(r)}"
         lines.append(f"| {name} ({r['recipe']}) | {r['weight_bytes'] / 1e6:.1f} MB | {r['kv_bytes'] / 1e6:.2f} MB "
                      f"| {r['bound_ms']:.2f} ms | {r['step_ms']:.2f} ms | {r['vs_bound']:.2f}x "
                      f"| {_x(r['speedup_vs_eager'])} |")
@@ -149,8 +157,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"{m['cpus']} means other work shared the CPUs, so absolute times are pessimistic; every comparison "
             "is a ratio of runners measured in the same run.",
             "- each runner runs in its own process; peak RSS is that process's high-water mark (`VmHWM` in "
-            "`/proc/self/status`: interpreter, libraries, model, warm-up and the timed runs). Times are medians of "
-            f"{results['settings']['repeats']} runs after a warm-up.", ""]
+            "`/proc/self/status`: interpreter, libraries, model, warm-up and the timed runs).",
+            "- runs are interleaved: every runner of a section is loaded and warmed up in its process first, then "
+            f"{results['settings']['repeats']} rounds each run every runner once in turn (eager first). Times are "
+            "medians over the rounds; a speed-up over eager is the median over rounds of the two runs' ratio in "
+            "that round, so it compares runs taken under the same machine load (eager process-to-process times "
+            "swung up to 9x when each runner's repeats ran back to back in its own window of time).",
+            "- threads: the eager PyTorch references run on as many threads as edge's ONNX `lm_step` "
+            "(edge's default, or `--threads`), shown with each eager row.", ""]
     if "e2e" in results:
         out += ["## End to end", "",
                 "Greedy decoding of one sentence (`The quick brown fox jumps over the lazy dog.`), a fixed number "
@@ -164,7 +178,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         sec = results["codec"]
         out += ["## Mimi codec decoder (real config)", "",
                 f"{sec['preset']}'s codec (transformers' `MimiConfig` defaults, random weights), "
-                f"{sec['frames']} frames of random codes; eager peak RSS {sec['eager_peak_rss_mb']:.0f} MB.", "",
+                f"{sec['frames']} frames of random codes; eager peak RSS {sec['eager_peak_rss_mb']:.0f} MB, "
+                f"{_threads({'threads': sec.get('eager_threads')})}.", "",
                 *_codec_table(sec), ""]
     if "roofline" in results:
         out += ["## Backbone step against the memory-bandwidth bound", "",

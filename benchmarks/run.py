@@ -13,7 +13,8 @@ Sections (each comparison is a ratio inside one run: the machine may be busy):
 
 Bundles are exported (all backends) and quantized once per run into a temporary directory, or kept in
 --work-dir and reused by later runs. Every runner runs in its own process (`workers.py`), so the peak
-memory each reports is its own (its `VmHWM`).
+memory each reports is its own (its `VmHWM`). The processes of a section stay up and take turns, one run
+each per round (`interleaved`), so eager and edge runs of a round share the machine's load of the moment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,17 +55,67 @@ CODEC_PRESET = "csm-medium"  # its codec is the real Mimi config
 VERSIONS = ("torch", "onnxruntime", "executorch", "transformers", "torchao", "numpy", "edge-codec-tts")
 
 
-def run_worker(kind: str, **args: Any) -> dict[str, Any]:
-    """Run one measurement in a fresh process (see workers.py) and return its JSON result."""
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(HERE / "workers.py"), kind, json.dumps(args)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {kind} {args} failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    log.info("  %s %s: %.1f s, peak RSS %.0f MB", kind, {k: v for k, v in args.items() if k != "bundle"},
-             time.perf_counter() - t, result["peak_rss_mb"])
-    return result
+class Worker:
+    """One runner in a process of its own (see workers.py): started at once, then `ready()` waits until it has
+    set itself up and warmed up, and each `run()` is one timed run."""
+
+    def __init__(self, kind: str, **args: Any):
+        self.kind, self.args = kind, args
+        # A file, not a pipe, so nobody has to drain it; it lives as long as the worker (closed in `finish`).
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self._started = time.perf_counter()
+        self._proc = subprocess.Popen([sys.executable, str(HERE / "workers.py"), kind, json.dumps(args)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+
+    def ready(self) -> None:
+        self._request(None)
+        log.info("  %s %s ready after %.1f s", self.kind, self._label(), time.perf_counter() - self._started)
+
+    def _label(self) -> dict[str, Any]:
+        return {k: v for k, v in self.args.items() if k != "bundle"}
+
+    def _request(self, command: str | None) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        if command:
+            self._proc.stdin.write(command + "\n")
+            self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            self._stderr.seek(0)
+            raise RuntimeError(f"worker {self.kind} {self._label()} failed:\n{self._stderr.read()[-4000:]}")
+        return json.loads(line)
+
+    def run(self) -> dict[str, Any]:
+        """One timed run."""
+        return self._request("run")
+
+    def finish(self) -> dict[str, Any]:
+        """The summary of the runs (medians) and the process's peak RSS; the process exits."""
+        summary = self._request("done")
+        self._proc.wait()
+        self._stderr.close()
+        log.info("  %s %s: peak RSS %.0f MB", self.kind, self._label(), summary["peak_rss_mb"])
+        return summary
+
+
+def interleaved(workers: dict[str, Worker], repeats: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """`repeats` rounds of one run of each worker in turn (in the order given), so the runs of one round are
+    taken under the same machine load. Returns each worker's summary and the rounds (runner -> that run).
+    The workers set themselves up side by side (untimed) before the first round."""
+    for w in workers.values():
+        w.ready()
+    rounds = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        rounds.append({name: w.run() for name, w in workers.items()})
+        log.info("  round %d/%d: %.1f s", i + 1, repeats, time.perf_counter() - t)
+    return {name: w.finish() for name, w in workers.items()}, rounds
+
+
+def ratio_per_round(rounds: list[dict[str, Any]], base: str, name: str, key: str) -> float:
+    """Median over rounds of base[key] / name[key]: each speed-up compares two runs of the same round."""
+    return float(statistics.median(r[base][key] / r[name][key] for r in rounds))
 
 
 class Bundles:
@@ -111,16 +163,15 @@ class Bundles:
 def e2e(bundles: Bundles, preset: str, frames: int, repeats: int, threads: int | None, backends: list[str],
         recipes: list[str]) -> dict[str, Any]:
     log.info("end to end: %s, %d frames", preset, frames)
-    runners = {"eager_generate": run_worker("eager_e2e", bundle=bundles.get(preset, "fp32"), frames=frames,
-                                            repeats=repeats, threads=threads)}
+    workers = {"eager_generate": Worker("eager_e2e", bundle=bundles.get(preset, "fp32"), frames=frames,
+                                        threads=threads)}
     for recipe in recipes:
         for backend in backends:
-            runners[f"{backend}/{recipe}"] = run_worker("edge_e2e", bundle=bundles.get(preset, recipe),
-                                                        backend=backend, frames=frames, repeats=repeats,
-                                                        threads=threads)
-    eager = runners["eager_generate"]["rtf"]
-    for r in runners.values():
-        r["speedup_vs_eager"] = eager / r["rtf"]
+            workers[f"{backend}/{recipe}"] = Worker("edge_e2e", bundle=bundles.get(preset, recipe), backend=backend,
+                                                    frames=frames, threads=threads)
+    runners, rounds = interleaved(workers, repeats)
+    for name, r in runners.items():
+        r["speedup_vs_eager"] = ratio_per_round(rounds, "eager_generate", name, "rtf")
         if "prefill" in r:
             # The first chunk may take the prompt prefill plus one frame's work, nothing more (no buffering);
             # met when the median over runs of (that run's budget - its first audio) is not negative.
@@ -131,44 +182,47 @@ def e2e(bundles: Bundles, preset: str, frames: int, repeats: int, threads: int |
 def codec(bundles: Bundles, frames: int, repeats: int, threads: int | None, backends: list[str],
           recipes: list[str]) -> dict[str, Any]:
     log.info("codec decoder: %s's Mimi, %d frames", CODEC_PRESET, frames)
-    eager = run_worker("codec_eager", bundle=bundles.get(CODEC_PRESET, "fp32"), frames=frames, repeats=repeats,
-                       threads=threads)
-    runners = {name: {"ms_per_frame": eager[name]} for name in
-               ("eager_whole_sequence", "eager_per_frame_transformers", "eager_per_frame_streaming")}
+    workers = {"eager": Worker("codec_eager", bundle=bundles.get(CODEC_PRESET, "fp32"), frames=frames,
+                               threads=threads)}
     for recipe in recipes:
         for backend in backends:
-            runners[f"{backend}/{recipe}"] = run_worker("codec_edge", bundle=bundles.get(CODEC_PRESET, recipe),
-                                                        backend=backend, frames=frames, repeats=repeats,
-                                                        threads=threads)
+            workers[f"{backend}/{recipe}"] = Worker("codec_edge", bundle=bundles.get(CODEC_PRESET, recipe),
+                                                    backend=backend, frames=frames, threads=threads)
+    summaries, rounds = interleaved(workers, repeats)
+    eager = summaries.pop("eager")
+    eager_names = ("eager_whole_sequence", "eager_per_frame_transformers", "eager_per_frame_streaming")
+    # Every runner as its own column of the rounds, keyed by ms_per_frame.
+    rounds = [{**{n: {"ms_per_frame": r["eager"][n]} for n in eager_names},
+               **{n: v for n, v in r.items() if n != "eager"}} for r in rounds]
+    runners = {name: {"ms_per_frame": eager[name]} for name in eager_names} | summaries
     from edge.bundle import load_bundle
 
     frame_ms = 1000 / load_bundle(bundles.get(CODEC_PRESET, "fp32")).model["frame_rate"]
-    whole, streaming = runners["eager_whole_sequence"]["ms_per_frame"], eager["eager_per_frame_streaming"]
-    for r in runners.values():
+    for name, r in runners.items():
         r["rtf"] = r["ms_per_frame"] / frame_ms
-        r["speedup_vs_eager"] = whole / r["ms_per_frame"]
-        r["speedup_vs_eager_streaming"] = streaming / r["ms_per_frame"]
+        r["speedup_vs_eager"] = ratio_per_round(rounds, "eager_whole_sequence", name, "ms_per_frame")
+        r["speedup_vs_eager_streaming"] = ratio_per_round(rounds, "eager_per_frame_streaming", name, "ms_per_frame")
     return {"preset": CODEC_PRESET, "frames": frames, "frame_ms": frame_ms, "runners": runners,
-            "eager_peak_rss_mb": eager["peak_rss_mb"]}
+            "eager_peak_rss_mb": eager["peak_rss_mb"], "eager_threads": eager["threads"]}
 
 
-def roofline(bundles: Bundles, preset: str, steps: int, threads: int | None, read_gbs: float, backends: list[str],
-             recipes: list[str]) -> dict[str, Any]:
+def roofline(bundles: Bundles, preset: str, steps: int, repeats: int, threads: int | None, read_gbs: float,
+             backends: list[str], recipes: list[str]) -> dict[str, Any]:
     from edge.bundle import load_bundle
 
     log.info("roofline: %s lm_step", preset)
-    eager = run_worker("lm_step", bundle=bundles.get(preset, "fp32"), backend="torch", steps=steps, threads=threads)
-    runners: dict[str, Any] = {"eager_torch/fp32": {**eager, **step_bytes(load_bundle(bundles.get(preset, "fp32")),
-                                                                          "torch")}}
-    for recipe in recipes:
-        for backend in backends:
-            path = bundles.get(preset, recipe)
-            r = run_worker("lm_step", bundle=path, backend=backend, steps=steps, threads=threads)
-            runners[f"{backend}/{recipe}"] = {**r, **step_bytes(load_bundle(path), backend)}
-    for r in runners.values():
+    paths = {"eager_torch/fp32": (bundles.get(preset, "fp32"), "torch")}
+    paths |= {f"{backend}/{recipe}": (bundles.get(preset, recipe), backend)
+              for recipe in recipes for backend in backends}
+    workers = {name: Worker("lm_step", bundle=path, backend=backend, steps=steps, threads=threads)
+               for name, (path, backend) in paths.items()}
+    runners, rounds = interleaved(workers, repeats)
+    for name, r in runners.items():
+        path, backend = paths[name]
+        r |= step_bytes(load_bundle(path), backend)
         r["bound_ms"] = 1000 * r["bytes_per_step"] / (read_gbs * 1e9)
         r["vs_bound"] = r["step_ms"] / r["bound_ms"]
-        r["speedup_vs_eager"] = eager["step_ms"] / r["step_ms"]
+        r["speedup_vs_eager"] = ratio_per_round(rounds, "eager_torch/fp32", name, "step_ms")
     return {"preset": preset, "steps": steps, "read_gbs": read_gbs, "runners": runners}
 
 
@@ -185,7 +239,8 @@ def machine(threads: int | None) -> dict[str, Any]:
     return {
         "cpu": machine_id().split("|")[1],
         "cpus": os.cpu_count(),
-        "threads": threads or f"edge default: {default_threads()} (1 for ONNX graphs under 8 MB)",
+        "threads": threads or f"edge default: {default_threads()} (1 for ONNX graphs under 8 MB; eager PyTorch: "
+                              "as many as edge's ONNX `lm_step`)",
         "memory_gib": round(mem_gib, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -204,7 +259,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed lm_step calls per roofline runner")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per runner (the median is reported)")
     ap.add_argument("--threads", type=int, help="threads per graph (default: edge's default, all cores; one for "
-                    "ONNX graphs under 8 MB; eager PyTorch gets all cores)")
+                    "ONNX graphs under 8 MB; eager PyTorch gets as many as edge's ONNX lm_step)")
     ap.add_argument("--group-size", type=int, default=32, help="int4 group size")
     ap.add_argument("--work-dir", type=Path, help="keep bundles here and reuse them (default: a temp dir)")
     ap.add_argument("--out-md", type=Path, default=HERE.parent / "BENCHMARKS.md")
@@ -242,11 +297,14 @@ def main() -> None:
         if "codec" in sections:
             results["codec"] = codec(bundles, args.codec_frames, args.repeats, args.threads, backends, recipes)
         if "roofline" in sections:
-            results["roofline"] = {p: roofline(bundles, p, args.steps, args.threads, bw.read_gbs, backends, recipes)
-                                   for p in presets}
+            results["roofline"] = {p: roofline(bundles, p, args.steps, args.repeats, args.threads, bw.read_gbs,
+                                               backends, recipes) for p in presets}
         if "piper" in sections:
             log.info("piper reference")
-            results["piper"] = run_worker("piper", repeats=args.repeats, threads=args.threads)
+            piper = Worker("piper", repeats=args.repeats, threads=args.threads)
+            piper.ready()
+            piper.run()
+            results["piper"] = piper.finish()
         results["bundle_seconds"] = bundles.seconds
         results["bundles_reused"] = bundles.reused
     results["wall_seconds"] = round(time.perf_counter() - start, 1)

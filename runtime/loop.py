@@ -36,7 +36,7 @@ class Stats:
     prompt_tokens: int = 0
     frames: int = 0
     audio_seconds: float = 0.0
-    first_audio: float = 0.0  # from the call to the first PCM chunk
+    first_audio: float = 0.0  # from the call to the first PCM chunk (see `Voice.stream`)
     total: float = 0.0
     prefill: float = 0.0
     lm: float = 0.0  # lm_step calls
@@ -79,12 +79,20 @@ def _zeros(spec: dict) -> np.ndarray:
     return np.zeros(spec["shape"], dtype=spec["dtype"])
 
 
-class FrameDecoder:
-    """Frames of codes → PCM through `codec_decoder`, carrying its state from call to call."""
+def _zero_state(spec: dict) -> dict[str, np.ndarray]:
+    """A graph's initial (all-zero) state. Sessions never write their inputs, so one set of zeros can start
+    every stream: allocated (and its pages first touched) once, not per stream."""
+    return {t["name"]: _zeros(t) for t in spec["state"]}
 
-    def __init__(self, model: dict, spec: dict, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
+
+class FrameDecoder:
+    """Frames of codes → PCM through `codec_decoder`, carrying its state from call to call; it starts from
+    `zero` (as `_zero_state` gives, shared and never written) or from fresh zeros."""
+
+    def __init__(self, model: dict, spec: dict, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 zero: dict[str, np.ndarray] | None = None):
         self.model, self.run = model, run
-        self.state = {t["name"]: _zeros(t) for t in spec["state"]}
+        self.state = dict(zero) if zero is not None else _zero_state(spec)
 
     def __call__(self, frames: list[list[int]]) -> np.ndarray:
         """Decode up to `frames_per_call` frames (a short last group is zero-padded and trimmed)."""
@@ -124,6 +132,10 @@ class Voice:
         self.tokenizer = load_tokenizer(bundle)
         self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
                                       threads)
+        # Allocated once per voice, not per stream: starting a stream costs no allocation or page faults.
+        self._depth_zero = _zero_state(bundle.graphs["depth_step"])
+        self._decoder_zero = _zero_state(bundle.graphs["codec_decoder"])
+        self._prompt = np.full((1, self.model["prompt_capacity"]), self.model["text_pad_token"], dtype=np.int64)
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> Voice:
@@ -150,12 +162,17 @@ class Voice:
 
     def stream(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
                max_seconds: float = 10.0) -> Stream:
-        """Validate everything up front, then return a lazy stream of audio chunks."""
+        """Validate everything up front, then return a lazy stream of audio chunks.
+
+        Its clock (`stats.first_audio`, `stats.total`) counts this call's own work (validation, tokenizing)
+        and the loop from the moment the first chunk is asked for, not the time in between.
+        """
+        t = time.perf_counter()
         tokens = self._check(text, speaker, max_seconds)
         sampler = Sampler(sampling or SamplingConfig())
         stats = Stats(backend=self.backend, prompt_tokens=len(tokens))
         stream = Stream(iter(()), stats)
-        stream._chunks = self._run(tokens, sampler, max_seconds, stream)
+        stream._chunks = self._run(tokens, sampler, max_seconds, stream, time.perf_counter() - t)
         return stream
 
     def synthesize(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
@@ -165,33 +182,35 @@ class Voice:
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         return audio, stream.stats
 
-    def _run(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream) -> Iterator[np.ndarray]:
+    def _run(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream,
+             prepared: float) -> Iterator[np.ndarray]:
         m, s, stats = self.model, self.sessions, stream.stats
         call = _Timed(stats)
-        start = time.perf_counter()
+        start = time.perf_counter() - prepared  # `stream()`'s own work counts too
         k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
         max_frames = min(int(max_seconds * m["frame_rate"]), cap - len(tokens))
         if max_frames < int(max_seconds * m["frame_rate"]):
             log.info("capped at %d frames: the KV cache holds %d positions, the prompt uses %d",
                      max_frames, cap, len(tokens))
 
-        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)
+        # The prompt buffer is refilled in place; prefill reads it before this stream yields anything.
+        padded = self._prompt
         padded[0, : len(tokens)] = tokens
+        padded[0, len(tokens) :] = m["text_pad_token"]
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
         kv = out["kv"]
-        depth_spec, dec_spec = self.bundle.graphs["depth_step"], self.bundle.graphs["codec_decoder"]
-        depth_zero = {t["name"]: _zeros(t) for t in depth_spec["state"]}
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
         stats.stopped_by = "max_frames"
 
-        decode = FrameDecoder(m, dec_spec, lambda feeds: call("codec", s["codec_decoder"], feeds))
+        decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"],
+                              lambda feeds: call("codec", s["codec_decoder"], feeds), self._decoder_zero)
 
         for frame in range(max_frames):
             hidden = out["hidden"]
             codes = [sample(out["logits"])]
-            depth = dict(depth_zero)
+            depth = dict(self._depth_zero)
             for p in range(k):
                 d = call("depth", s["depth_step"], {
                     "hidden": hidden, "code": np.array([codes[-1]], np.int64),
