@@ -16,15 +16,16 @@ install: $(BIN)/.installed
 
 demo: install
 	mkdir -p out
-	$(BIN)/edge export csm-tiny --backend all --out $(DEMO) --force
+	$(BIN)/edge speak "Hello from edge, running on this machine." --out out/hello.wav
+	$(BIN)/edge export edge-voice --backend all --out $(DEMO) --force
 	$(BIN)/edge inspect $(DEMO)
 	$(BIN)/edge -v speak "Hello from edge, running on this machine." --bundle $(DEMO) --backend onnx --out out/demo.wav
 	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle $(DEMO) --backend executorch --out out/demo-et.wav --json
 	$(BIN)/edge quantize $(DEMO) --recipe lm=int8,depth=int8,codec=fp16 --backend onnx --out out/demo-int8 --force
 	$(BIN)/edge speak "Hello from edge, running on this machine." --bundle out/demo-int8 --out out/demo-int8.wav
 	$(BIN)/edge profile --compare $(DEMO) out/demo-int8 --backend onnx --frames 20 --device raspberry-pi-5 --report out/report
-	@echo "Open out/report/index.html for the charts. csm-tiny has random weights, so out/demo.wav is babble with"
-	@echo "the right shape and timing; a trained default voice is issue 8."
+	@echo "out/hello.wav is edge's default voice (edge-voice, exported on first use into ~/.cache/edge);"
+	@echo "open out/report/index.html for the charts."
 
 lint: install
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge import __version__
 from edge.errors import EdgeError
-from edge.presets import DEFAULT_PRESET
+from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import check_writable, to_pcm16, write_wav
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
@@ -36,9 +36,11 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def default_bundle(preset: str = DEFAULT_PRESET) -> Path:
-    """The cached bundle of a built-in preset, exported (all backends) on first use."""
-    path = cache_dir() / f"{preset}-{__version__}"
+def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:
+    """The cached bundle of a built-in preset for one backend, exported on first use (and again when the
+    package's weights for it change: their digest is part of the name)."""
+    digest = get_preset(preset).weights_digest()[:12]
+    path = cache_dir() / "-".join(filter(None, (preset, __version__, digest, backend)))
     if (path / "manifest.json").is_file():
         return path
     try:
@@ -48,7 +50,9 @@ def default_bundle(preset: str = DEFAULT_PRESET) -> Path:
                         f"('{e.name}' missing): pip install 'edge-codec-tts[export]', or pass --bundle") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     log.warning("exporting the %s preset to %s (first use only)", preset, path)
-    export_bundle(preset, path, EXPORT_BACKENDS, force=True)
+    if backend not in EXPORT_BACKENDS:
+        raise EdgeError(f"unknown backend '{backend}'; choose one of {', '.join(EXPORT_BACKENDS)}")
+    export_bundle(preset, path, [backend], force=True)
     return path
 
 
@@ -73,7 +77,7 @@ def speak(
     if out is not None:
         check_writable(out)
     sampling = SamplingConfig(temperature, top_k, top_p, seed).validate()
-    voice = Voice.load(bundle if bundle is not None else default_bundle(), backend, threads)
+    voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
     stream = voice.stream(text, speaker, sampling, max_seconds)
     chunks = []
     for chunk in stream:

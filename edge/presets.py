@@ -6,7 +6,10 @@ torch nor transformers; the family adapter turns them into reference models.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
@@ -111,16 +114,47 @@ class Preset:
     seed: int = 0
     # Export capacities: fixed shapes of the prompt and of the KV caches.
     options: dict[str, Any] = field(default_factory=dict)
+    # Trained weights shipped inside the package: a Hugging Face checkpoint directory (config.json,
+    # model.safetensors) relative to this file. Export loads them unless --checkpoint says otherwise.
+    weights: str | None = None
+
+    @property
+    def weights_dir(self) -> Path | None:
+        return None if self.weights is None else Path(__file__).parent / self.weights
+
+    def weights_digest(self) -> str:
+        """sha256 of the shipped weights ("" without): names the cached export, so new weights re-export."""
+        return "" if self.weights_dir is None else _digest(self.weights_dir / "model.safetensors")
+
+
+@cache
+def _digest(path: Path) -> str:
+    if not path.is_file():
+        raise EdgeError(f"the package's voice weights are missing ({path}); reinstall edge-codec-tts")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset(
+            "edge-voice",
+            "csm",
+            "edge's own English voice (default): a CSM-shaped LM (byte-level text) and a Mimi-shaped codec, "
+            "3.3 M parameters, trained by recipes/voice on a Piper teacher's speech; weights ship in the package.",
+            {},
+            weights="voices/edge-voice",
+            options={"prompt_capacity": 144, "kv_capacity": 256},
+        ),
+        Preset(
             "csm-tiny",
             "csm",
             "Tiny CSM-shaped model with a tiny Mimi-shaped codec, seeded random weights "
-            "(default; exports and runs in seconds; babbles).",
+            "(exports and runs in seconds, for tests; babbles).",
             TINY_CSM,
             options={"prompt_capacity": 64, "kv_capacity": 192},
         ),
@@ -145,7 +179,7 @@ PRESETS: dict[str, Preset] = {
     ]
 }
 
-DEFAULT_PRESET = "csm-tiny"
+DEFAULT_PRESET = "edge-voice"
 
 
 def get_preset(name: str) -> Preset:

@@ -76,8 +76,11 @@ def export_bundle(
     force: bool = False,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> Bundle:
-    """Export preset `target` (its weights from `checkpoint` if given) for `backends` into bundle `out`."""
+    """Export preset `target` (its weights from `checkpoint` if given, else the preset's shipped weights, else
+    seeded random ones) for `backends` into bundle `out`."""
     preset = get_preset(target)
+    if checkpoint is None:
+        checkpoint = preset.weights_dir
     family = get_family(preset.family)
     opts = {**preset.options, **(options or {})}
     with BundleWriter(out, overwrite=force) as writer:
