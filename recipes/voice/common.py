@@ -124,6 +124,34 @@ def learning_rate(step: int, base: float, warmup: int, decay_steps: int | None) 
     return lr
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, args: argparse.Namespace) -> float:
+    """Apply the schedule of `trainer_parser`'s --lr / --warmup / --decay-steps for `step`; returns the rate."""
+    lr = learning_rate(step, args.lr, args.warmup, args.decay_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def trainer_parser(description: str, out: str, init_help: str, batch: int, warmup: int) -> argparse.ArgumentParser:
+    """The options both voice trainers share (data, output, budget, schedule, seed, logging); each adds its own."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", type=Path, default=Path("data/voice"))
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--init", type=Path, help=f"start a new run from {init_help} (e.g. edge/voices/edge-voice); "
+                    "ignored when --out already has a checkpoint to resume")
+    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
+    ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--decay-steps", type=int, help="cosine learning-rate decay to lr/10 at this total step")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--save-every", type=int, default=200)
+    return ap
+
+
 def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Write a checkpoint directory atomically (a crash leaves the previous one intact)."""
     from safetensors.torch import save_file

@@ -6,9 +6,9 @@ The LM learnt the codes of the codec's encoder and codebooks, which the codec's 
 LM can train while the codec's decoder still does; shipping puts the latest decoder in (and refuses a codec
 whose encoder or codebooks differ from the LM's). Writes ``edge/voices/edge-voice/``: ``config.json`` and
 ``model.safetensors`` (the Hugging Face checkpoint the `edge-voice` preset exports) and ``training.json``
-(what trained them: steps, minutes and settings of both runs, from their ``state.json``).
-The next `edge speak` notices the new weights (their digest names the cached
-export) and re-exports. A later session can go on training from the shipped weights with ``--init``.
+(what trained them: steps, minutes and settings of both runs, from their ``state.json``). The next
+`edge speak` notices the new weights (their digest names the cached export) and re-exports. A later session
+can go on training from the shipped weights with ``--init``.
 """
 
 from __future__ import annotations

@@ -41,12 +41,13 @@ from recipes.voice.common import (
     VOICE_MIMI,
     TrainLog,
     batch_generator,
-    learning_rate,
     load_audio,
     load_checkpoint,
     load_codec,
     save_run,
+    set_learning_rate,
     setup,
+    trainer_parser,
 )
 
 log = logging.getLogger("recipes.voice.train_codec")
@@ -197,9 +198,7 @@ def train(args: argparse.Namespace) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        lr = learning_rate(step, args.lr, args.warmup, args.decay_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = set_learning_rate(opt, step, args)
         opt.step()
         step += 1
         values = {"loss": loss.item(), "l1": l1.item(), "mel": mel.item()}
@@ -214,26 +213,13 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("data/voice"))
-    ap.add_argument("--out", type=Path, default=Path("runs/codec"))
-    ap.add_argument("--init", type=Path, help="start a new run from these weights (a codec or CSM checkpoint, e.g. "
-                    "edge/voices/edge-voice); ignored when --out already has a checkpoint to resume")
-    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
-    ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
-    ap.add_argument("--batch", type=int, default=8)
+    ap = trainer_parser(__doc__.split("\n\n")[0], "runs/codec", "these weights (a codec or CSM checkpoint)",
+                        batch=8, warmup=0)
     ap.add_argument("--frames", type=int, default=12, help="crop length in 80 ms frames")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--warmup", type=int, default=0)
-    ap.add_argument("--decay-steps", type=int, help="cosine learning-rate decay to lr/10 at this total step")
     ap.add_argument("--w-l1", type=float, default=1.0)
     ap.add_argument("--w-mel", type=float, default=1.0)
     ap.add_argument("--autoencoder-steps", type=int, default=3000,
                     help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--save-every", type=int, default=200)
     return ap
 
 

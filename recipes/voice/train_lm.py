@@ -30,12 +30,13 @@ from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.common import (
     TrainLog,
     batch_generator,
-    learning_rate,
     load_audio,
     load_checkpoint,
     load_codec,
     save_run,
+    set_learning_rate,
     setup,
+    trainer_parser,
     voice_csm,
 )
 
@@ -121,9 +122,7 @@ def train(args: argparse.Namespace) -> Path:
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        lr = learning_rate(step, args.lr, args.warmup, args.decay_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = set_learning_rate(opt, step, args)
         opt.step()
         step += 1
         train_log.add(step, seconds + time.perf_counter() - start, {
@@ -137,27 +136,14 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("data/voice"))
+    ap = trainer_parser(__doc__.split("\n\n")[0], "runs/lm", "these LM weights (a CSM checkpoint)",
+                        batch=16, warmup=100)
     ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"),
                     help="codec checkpoint directory (a codec or CSM checkpoint)")
-    ap.add_argument("--init", type=Path, help="start a new run from these LM weights (a CSM checkpoint, e.g. "
-                    "edge/voices/edge-voice); ignored when --out already has a checkpoint to resume")
-    ap.add_argument("--out", type=Path, default=Path("runs/lm"))
-    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
-    ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--decay-steps", type=int, help="cosine learning-rate decay to lr/10 at this total step")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--depth-hidden", type=int, default=64)
     ap.add_argument("--depth-layers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--save-every", type=int, default=200)
     return ap
 
 
