@@ -104,6 +104,20 @@ def test_codec_resume_reproduces_an_uninterrupted_run(codec_runs):
     assert (resumed.parent / "loss.png").stat().st_size > 0
 
 
+def test_decoder_only_run_keeps_the_codes(corpus, codec_runs, tmp_path):
+    """`--autoencoder-steps 0` from `--init`: encoder and codebooks stay, so an LM's codes stay valid."""
+    args = train_codec.parser().parse_args([
+        "--data", str(corpus), "--out", str(tmp_path / "tuned"), "--init", str(codec_runs[0]), "--steps", "2",
+        "--batch", "2", "--frames", "2", "--save-every", "2", "--autoencoder-steps", "0", "--lr", "1e-2"])
+    before, after = load_file(codec_runs[0] / "model.safetensors"), load_file(train_codec.train(args)
+                                                                              / "model.safetensors")
+    frozen = [k for k in before if k.startswith(("encoder", "quantizer", "downsample"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(SystemExit, match="give --init"):
+        train_codec.train(train_codec.parser().parse_args(["--data", str(corpus), "--autoencoder-steps", "0"]))
+
+
 def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
     from edge.export.build import export_bundle
 
@@ -124,11 +138,17 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
         return train_lm.parser().parse_args([
             "--data", str(corpus), "--codec", str(codec_runs[0]), "--out", str(tmp_path / "lm"), "--steps",
             str(steps), "--batch", "2", "--hidden", "32", "--layers", "1", "--depth-hidden", "16",
-            "--depth-layers", "1", "--log-every", "1", "--save-every", "10"])
+            "--depth-layers", "1", "--log-every", "1", "--save-every", "10", "--dev-every", "5"])
 
+    assert [train_lm.is_dev(t, 5) for t in ("Hi there.", "Pepper makes me sneeze.", "Go home now.")] == [
+        False, True, False]  # the dev utterance is never a training one
     train_lm.train(args(2))
     ckpt = train_lm.train(args(3))
     assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+    log = [json.loads(line) for line in (ckpt.parent / "log.jsonl").read_text().splitlines()]
+    dev = [r for r in log if "dev_backbone" in r]
+    assert [r["step"] for r in dev] == [3]  # the first run's step-2 record was dropped on resume
+    assert all(np.isfinite(r["dev_backbone"]) and np.isfinite(r["dev_depth"]) for r in dev)
     shipped = ship.ship(ckpt, codec_runs[1], tmp_path / "edge-voice")  # the same codec, resumed: equal weights
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors", "training.json"]
     assert json.loads((shipped / "training.json").read_text())["lm"]["steps"] == 3

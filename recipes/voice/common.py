@@ -247,10 +247,9 @@ class TrainLog:
             return
         keys = list(dict.fromkeys(k for r in records for k in r if k not in ("step", "seconds", "lr")))
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-        steps = [r["step"] for r in records]
         for ax, key in zip(axes[0], keys, strict=True):
-            values = [r.get(key, float("nan")) for r in records]
-            ax.plot(steps, values)
+            steps, values = zip(*[(r["step"], r[key]) for r in records if key in r], strict=True)
+            ax.plot(steps, values, marker="." if len(values) < 50 else None)
             if min(values) > 0:
                 ax.set_yscale("log")
             ax.set_title(key)

@@ -18,6 +18,10 @@ encoder cannot collapse, and k-means uses every code.
 
     python -m recipes.voice.train_codec --data data/voice --out runs/codec --minutes 60
     python -m recipes.voice.train_codec --data data/voice --out runs/codec --minutes 60   # resumes
+    python -m recipes.voice.train_codec --init runs/codec/last --autoencoder-steps 0 --out runs/codec2 ...
+
+The last form is phase 2 alone: a new run that keeps the encoder and codebooks of ``--init`` and tunes only
+its decoder, so an LM trained on the old codec's codes stays valid (``recipes.voice.ship`` checks that).
 
 Checkpoints (``runs/codec/last``) every ``--save-every`` steps and at the end; ``log.jsonl`` and
 ``loss.png`` beside them.
@@ -157,6 +161,8 @@ def random_crops(audio: list[np.ndarray], batch: int, samples: int, gen: torch.G
 
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
+    if args.autoencoder_steps == 0 and args.init is None:
+        raise SystemExit("--autoencoder-steps 0 tunes the decoder of --init's codec; give --init")
     _, audio = load_audio(args.data / "train.jsonl")
     model = build_codec(seed=args.seed)
     if args.init is not None:  # a new run starting from trained weights (fresh optimizer and schedule)
@@ -181,7 +187,8 @@ def train(args: argparse.Namespace) -> Path:
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
         gen = batch_generator(args.seed, step)
         quantized = step >= args.autoencoder_steps
-        if step == args.autoencoder_steps:  # a run resumed later has the fitted codebooks in its checkpoint
+        # A run resumed later has the fitted codebooks in its checkpoint; with 0 they are --init's.
+        if step == args.autoencoder_steps > 0:
             fit_codebooks(model, audio, gen)
         if quantized:
             model.encoder.requires_grad_(False)
@@ -219,7 +226,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--w-l1", type=float, default=1.0)
     ap.add_argument("--w-mel", type=float, default=1.0)
     ap.add_argument("--autoencoder-steps", type=int, default=3000,
-                    help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks")
+                    help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks "
+                    "(0: keep --init's encoder and codebooks and tune its decoder only)")
     return ap
 
 

@@ -17,6 +17,7 @@ The checkpoint (``runs/lm/last``) is a complete CSM checkpoint, codec included:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -83,6 +84,28 @@ def make_batch(model: CsmForConditionalGeneration, prompts: list[list[int]], cod
     return embeds, labels
 
 
+def is_dev(text: str, every: int) -> bool:
+    """One utterance in `every` (by a hash of its text, so growing the data never moves one across) is dev."""
+    return every > 0 and int(hashlib.sha256(text.encode()).hexdigest(), 16) % every == 0
+
+
+@torch.no_grad()
+def dev_loss(model: CsmForConditionalGeneration, prompts: list[list[int]], codes: list[torch.Tensor],
+             dev: list[int], batch: int) -> dict[str, float]:
+    """Teacher-forced losses on the dev utterances (eval mode; each batch weighted by its utterances)."""
+    model.eval()
+    sums = {"dev_backbone": 0.0, "dev_depth": 0.0}
+    for i in range(0, len(dev), batch):
+        pick = dev[i:i + batch]
+        embeds, labels = make_batch(model, prompts, codes, pick)
+        out = model(inputs_embeds=embeds, labels=labels)
+        sums["dev_backbone"] += out.backbone_loss.item() * len(pick)
+        sums["dev_depth"] += out.depth_decoder_loss.item() * len(pick)
+    model.train()
+    model.codec_model.eval()
+    return {k: v / len(dev) for k, v in sums.items()}
+
+
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
     utts, audio = load_audio(args.data / "train.jsonl")
@@ -99,6 +122,11 @@ def train(args: argparse.Namespace) -> Path:
              time.perf_counter() - t)
     tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
     prompts = [tok.encode(u["text"], 0) for u in utts]
+    dev = [i for i, u in enumerate(utts) if is_dev(u["text"], args.dev_every)]
+    fit = sorted(set(range(len(utts))) - set(dev))
+    if not fit:
+        raise SystemExit(f"every utterance of {args.data / 'train.jsonl'} fell in the dev split; raise --dev-every")
+    log.info("%d training utterances, %d dev (one in %d)", len(fit), len(dev), args.dev_every)
     trainable = [p for n, p in model.named_parameters() if not n.startswith("codec_model.")]
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
@@ -114,9 +142,15 @@ def train(args: argparse.Namespace) -> Path:
     log.info("lm: %.2f M trainable parameters", sum(p.numel() for p in trainable) / 1e6)
     start = time.perf_counter()
     deadline = start + 60 * args.minutes
+
+    def checkpoint() -> None:
+        if dev:
+            train_log.write({"step": step, **dev_loss(model, prompts, codes, dev, args.batch)})
+        save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
+
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
         gen = batch_generator(args.seed, step)
-        pick = torch.randint(0, len(codes), (args.batch,), generator=gen).tolist()
+        pick = [fit[i] for i in torch.randint(0, len(fit), (args.batch,), generator=gen).tolist()]
         embeds, labels = make_batch(model, prompts, codes, pick)
         out = model(inputs_embeds=embeds, labels=labels)
         opt.zero_grad(set_to_none=True)
@@ -129,9 +163,9 @@ def train(args: argparse.Namespace) -> Path:
             "loss": out.loss.item(), "backbone": out.backbone_loss.item(), "depth": out.depth_decoder_loss.item(),
         }, args.log_every, extra={"lr": lr})
         if step % args.save_every == 0:
-            save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
+            checkpoint()
     if step % args.save_every:
-        save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
+        checkpoint()
     return ckpt
 
 
@@ -144,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--depth-hidden", type=int, default=64)
     ap.add_argument("--depth-layers", type=int, default=2)
+    ap.add_argument("--dev-every", type=int, default=50,
+                    help="hold one utterance in N out of training (by a hash of its text) and log its loss at "
+                    "every checkpoint (0: no dev split)")
     return ap
 
 
