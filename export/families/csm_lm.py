@@ -216,6 +216,25 @@ class LmStep(_Stack):
         return self.lm_head(hidden), hidden, kv
 
 
+class CodebookHeads(nn.Module):
+    """The depth decoder's heads, head i (hidden, V) predicting codebook i+1, applied one at a time.
+
+    As an embedding with one flattened head per row (a view of the reference weight, not a copy), a step reads
+    just its head, and the quantizers treat the heads as the lookup table they are: grouped along the flattened
+    row, which V (2051 in CSM) alone cannot be. (ExecuTorch's quantized recipes swap this module for one linear
+    over all heads: see `edge.quantize.executorch`.)
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:  # (K - 1, hidden, V)
+        super().__init__()
+        self.shape = tuple(weight.shape[1:])
+        self.table = nn.Embedding.from_pretrained(weight.detach().flatten(1), freeze=True)
+
+    def forward(self, x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """x (1, 1, hidden), codebook (1,) → that codebook head's logits (1, V)."""
+        return torch.matmul(x, self.table(codebook).view(self.shape)).squeeze(1)
+
+
 class DepthStep(_Stack):
     """Depth decoder, one codebook position: (hidden (1, D), code (1,), position (1,), depth_kv) -> logits.
 
@@ -230,12 +249,7 @@ class DepthStep(_Stack):
         self.project = depth.model.inputs_embeds_projector
         self.rotary = depth.model.rotary_emb
         self.norm = RmsNorm(depth.model.norm)
-        # Head i (hidden, V) predicts codebook i+1. As an embedding with one flattened head per row (a view of
-        # the reference weight, not a copy), each step reads just its head, and the quantizers treat the heads
-        # as the lookup table they are: grouped along the flattened row, which V (2051 in CSM) alone cannot be.
-        heads = depth.codebooks_head.weight
-        self.head_shape = tuple(heads.shape[1:])
-        self.heads = nn.Embedding.from_pretrained(heads.detach().flatten(1), freeze=True)
+        self.heads = CodebookHeads(depth.codebooks_head.weight)
         self.vocab_size: int = depth.config.vocab_size
 
     def forward(
@@ -248,7 +262,7 @@ class DepthStep(_Stack):
         cos, sin = self.rotary(x, position.view(1, 1))
         x, depth_kv = self.step(x, cos, sin, depth_kv, position)
         x = self.norm(x)  # (1, 1, depth hidden)
-        logits = torch.matmul(x, self.heads(codebook).view(self.head_shape)).squeeze(1)  # (1, V)
+        logits = self.heads(x, codebook)  # (1, V)
         logits = torch.where(position.unsqueeze(1) > 0, logits, 0.0)
         return logits, depth_kv
 

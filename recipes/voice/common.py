@@ -242,7 +242,8 @@ class TrainLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        text = self.path.read_text() if self.path.is_file() else ""
+        records = [json.loads(line) for line in text.splitlines() if line]
         if not records:
             return
         keys = list(dict.fromkeys(k for r in records for k in r if k not in ("step", "seconds", "lr")))
@@ -255,7 +256,8 @@ class TrainLog:
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        fig.suptitle(f"{title} ({records[-1]['seconds'] / 60:.0f} min)")
+        minutes = max(r.get("seconds", 0.0) for r in records) / 60  # dev records carry no time
+        fig.suptitle(f"{title} ({minutes:.0f} min)")
         fig.tight_layout()
         fig.savefig(out, dpi=80)
         plt.close(fig)
