@@ -172,10 +172,6 @@ def e2e(bundles: Bundles, preset: str, frames: int, repeats: int, threads: int |
     runners, rounds = interleaved(workers, repeats)
     for name, r in runners.items():
         r["speedup_vs_eager"] = ratio_per_round(rounds, "eager_generate", name, "rtf")
-        if "prefill" in r:
-            # The first chunk may take the prompt prefill plus one frame's work, nothing more (no buffering);
-            # met when the median over runs of (that run's budget - its first audio) is not negative.
-            r["first_audio_budget"] = r["prefill"] + r["frame_work"]
     return {"preset": preset, "frames": frames, "runners": runners}
 
 

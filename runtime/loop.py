@@ -37,6 +37,8 @@ class Stats:
     frames: int = 0
     audio_seconds: float = 0.0
     first_audio: float = 0.0  # from the call to the first PCM chunk (see `Voice.stream`)
+    first_frame: float = 0.0  # from the end of the prefill to the first PCM chunk
+    first_frames: int = 0  # frames generated when the first chunk came out (frames_per_call: nothing buffered)
     total: float = 0.0
     prefill: float = 0.0
     lm: float = 0.0  # lm_step calls
@@ -198,6 +200,7 @@ class Voice:
         padded[0, : len(tokens)] = tokens
         padded[0, len(tokens) :] = m["text_pad_token"]
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
+        prefilled = time.perf_counter()
         kv = out["kv"]
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
@@ -232,7 +235,7 @@ class Voice:
             if len(pending) == fpc:
                 chunk = decode(pending)
                 pending = []
-                self._account(stats, chunk, start)
+                self._account(stats, chunk, start, prefilled)
                 yield chunk
             if frame + 1 < max_frames:
                 out = call("lm", s["lm_step"], {
@@ -242,15 +245,16 @@ class Voice:
                 kv = out["kv_next"]
         if pending:
             chunk = decode(pending)
-            self._account(stats, chunk, start)
+            self._account(stats, chunk, start, prefilled)
             yield chunk
         stats.total = time.perf_counter() - start
         per_frame = ", ".join(f"{k} {v:.1f}" for k, v in stats.per_frame_ms().items())
         log.info("%s: %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f; per frame (ms): %s", self.backend,
                  stats.frames, stats.audio_seconds, 1000 * stats.first_audio, stats.rtf, per_frame)
 
-    def _account(self, stats: Stats, chunk: np.ndarray, start: float) -> None:
+    def _account(self, stats: Stats, chunk: np.ndarray, start: float, prefilled: float) -> None:
         if stats.audio_seconds == 0:
-            stats.first_audio = time.perf_counter() - start
+            now = time.perf_counter()
+            stats.first_audio, stats.first_frame, stats.first_frames = now - start, now - prefilled, stats.frames
         stats.audio_seconds += chunk.size / self.sample_rate
         stats.total = time.perf_counter() - start

@@ -51,6 +51,8 @@ def test_stats_are_measured(greedy_runs):
     assert stats.frames == len(audio) // 1920
     assert stats.audio_seconds == pytest.approx(len(audio) / 24000)
     assert 0 < stats.first_audio <= stats.total
+    # The first chunk is the first frame's audio, out before the second frame is generated (no buffering).
+    assert stats.first_frames == 1 and 0 < stats.first_frame < stats.first_audio - stats.prefill + 1e-9
     assert stats.prefill > 0 and stats.lm > 0 and stats.depth > 0 and stats.codec > 0
     assert stats.host >= 0 and np.isfinite(stats.rtf)
     assert set(stats.per_frame_ms()) == {"lm", "depth", "codec", "host"}
