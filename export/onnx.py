@@ -7,6 +7,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edge.export.graph import Graph
@@ -33,9 +34,46 @@ def export_onnx(graph: Graph, path: Path) -> list[Path]:
             optimize=True,
             verbose=False,
         )
-    files = save_onnx(program.model_proto, path)
+    model = program.model_proto
+    if n := vectorise_elu(model):
+        log.debug("onnx %s: %d Elu rewritten as Relu(x) + Exp(Min(x, 0)) - 1", graph.name, n)
+    files = save_onnx(model, path)
     log.debug("onnx %s: %s", graph.name, ", ".join(f"{p.name} {p.stat().st_size} B" for p in files))
     return files
+
+
+def vectorise_elu(model: onnx.ModelProto) -> int:
+    """Rewrite each `Elu` (alpha 1) as ``Relu(x) + (Exp(Min(x, 0)) - 1)``, in place; returns how many.
+
+    onnxruntime's CPU `Elu` evaluates exp one element at a time, while its `Exp` is vectorised: on a
+    (1, 64, 1920) tensor, one thread, 320 us against 134 us for the five operators (Mimi's SEANet decoder runs
+    13 ELUs per frame). Equal to Elu within float rounding.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    zero, one = "edge_elu_zero", "edge_elu_one"
+    nodes, count = [], 0
+    for node in graph.node:
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+        if node.op_type != "Elu" or node.domain not in ("", "ai.onnx") or alpha != 1.0:
+            nodes.append(node)
+            continue
+        x, y, tag = node.input[0], node.output[0], f"{node.name or 'elu'}_{count}"
+        nodes += [
+            helper.make_node("Min", [x, zero], [f"{tag}_neg"], name=f"{tag}_min"),
+            helper.make_node("Exp", [f"{tag}_neg"], [f"{tag}_exp"], name=f"{tag}_exp"),
+            helper.make_node("Sub", [f"{tag}_exp", one], [f"{tag}_expm1"], name=f"{tag}_sub"),
+            helper.make_node("Relu", [x], [f"{tag}_relu"], name=f"{tag}_relu"),
+            helper.make_node("Add", [f"{tag}_relu", f"{tag}_expm1"], [y], name=f"{tag}_add"),
+        ]
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend([numpy_helper.from_array(np.zeros((), np.float32), zero),
+                                  numpy_helper.from_array(np.ones((), np.float32), one)])
+    return count
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:

@@ -67,8 +67,12 @@ def encode_all(codec: MimiModel, audio: list, num_codebooks: int) -> list[torch.
 
 
 def make_batch(model: CsmForConditionalGeneration, prompts: list[list[int]], codes: list[torch.Tensor],
-               pick: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """inputs_embeds (B, S, H) and labels (B, S, K) for utterances `pick`: prompt, frames, end-of-speech frame."""
+               pick: list[int], audio_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs_embeds (B, S, H) and labels (B, S, K) for utterances `pick`: prompt, frames, end-of-speech frame.
+
+    `audio_dropout` drops entries of the frames' input embeddings (as Tacotron's pre-net dropout does): the
+    previous frames alone then predict the next one less well, which pushes the model to read the text.
+    """
     cfg = model.config
     k = cfg.num_codebooks
     eos = torch.full((1, k), cfg.codebook_eos_token_id, dtype=torch.long)
@@ -79,7 +83,8 @@ def make_batch(model: CsmForConditionalGeneration, prompts: list[list[int]], cod
     for b, (text, frames) in enumerate(seqs):
         n = len(text)
         embeds[b, :n] = model.embed_text_tokens(text)
-        embeds[b, n:n + len(frames)] = model.backbone_model.embed_tokens(frames[None])[0]
+        frame_embeds = model.backbone_model.embed_tokens(frames[None])[0]
+        embeds[b, n:n + len(frames)] = torch.nn.functional.dropout(frame_embeds, audio_dropout, audio_dropout > 0)
         labels[b, n:n + len(frames)] = frames
     return embeds, labels
 
@@ -151,7 +156,7 @@ def train(args: argparse.Namespace) -> Path:
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
         gen = batch_generator(args.seed, step)
         pick = [fit[i] for i in torch.randint(0, len(fit), (args.batch,), generator=gen).tolist()]
-        embeds, labels = make_batch(model, prompts, codes, pick)
+        embeds, labels = make_batch(model, prompts, codes, pick, args.audio_dropout)
         out = model(inputs_embeds=embeds, labels=labels)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -178,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--depth-hidden", type=int, default=64)
     ap.add_argument("--depth-layers", type=int, default=2)
+    ap.add_argument("--audio-dropout", type=float, default=0.0,
+                    help="dropout on the frames' input embeddings in training (makes the model read the text)")
     ap.add_argument("--dev-every", type=int, default=50,
                     help="hold one utterance in N out of training (by a hash of its text) and log its loss at "
                     "every checkpoint (0: no dev split)")
