@@ -1,0 +1,132 @@
+"""Focused measurements behind changes recorded in benchmarks/notes.md (each a ratio inside one run).
+
+    python benchmarks/probes.py heads [--recipe int8|int4]   # ExecuTorch depth_step: how the codebook heads run
+    python benchmarks/probes.py elu                          # onnxruntime Elu against its vectorised rewrite
+
+- heads: csm-medium's `depth_step` quantized for ExecuTorch three ways (all heads as one linear, edge's
+  default; one gathered head dequantized in the graph; one gathered fp32 head), timed interleaved, 32 calls
+  per frame (as the loop makes them), with each program's size;
+- elu: an `Elu` graph against `export.onnx.vectorise_elu`'s rewrite of it on a Mimi-decoder-sized tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _interleaved(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds of each run, the runs taking turns round by round."""
+    for run in runs.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def heads(recipe: str, rounds: int) -> None:
+    import torch
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+    import edge.quantize.executorch as qe
+    from edge.export.families import get_family
+    from edge.export.families.csm_lm import CodebookHeads
+    from edge.presets import get_preset
+
+    preset = get_preset("csm-medium")
+    family = get_family(preset.family)
+    graphs, _ = family.graphs(family.build_reference(preset.config, preset.seed), preset.options)
+    graph = next(g for g in graphs if g.name == "depth_step")
+    replace_heads, replace_embeddings = qe._replace_heads, qe._replace_embeddings
+
+    def fp32_heads(module, bits, group, notes):  # quantize every table but the heads'
+        heads = [m for m in module.modules() if isinstance(m, CodebookHeads)]
+        tables = [m.table for m in heads]
+        for m in heads:
+            del m.table
+        replace_embeddings(module, bits, group, notes)
+        for m, table in zip(heads, tables, strict=True):
+            m.table = table
+
+    variants = {"all heads as one linear (default)": (replace_heads, replace_embeddings),
+                "one gathered head, dequantized in the graph": (lambda module, notes: None, replace_embeddings),
+                "one gathered fp32 head": (lambda module, notes: None, fp32_heads)}
+    programs, sizes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, (swap_heads, swap_tables)) in enumerate(variants.items()):
+            qe._replace_heads, qe._replace_embeddings = swap_heads, swap_tables
+            try:
+                path = Path(tmp) / f"{i}.pte"
+                qe.quantize_graph(graph, recipe, 32, path)
+            finally:
+                qe._replace_heads, qe._replace_embeddings = replace_heads, replace_embeddings
+            programs[name], sizes[name] = _load_for_executorch(str(path)), path.stat().st_size
+    k = preset.config["num_codebooks"]
+    hidden = torch.randn(1, preset.config["hidden_size"])
+    kv0 = torch.zeros(graph.state[0].shape)
+
+    def frame(program) -> Callable[[], None]:
+        def run() -> None:
+            kv = kv0
+            for p in range(k):
+                _, kv = program.forward((hidden, torch.tensor([p % 7]), torch.tensor([p]), kv))
+        return run
+
+    medians = _interleaved({name: frame(p) for name, p in programs.items()}, rounds)
+    for name, seconds in medians.items():
+        print(f"{recipe} {name}: {1000 * seconds / k:.2f} ms per depth_step call, program {sizes[name] / 1e6:.0f} MB")
+
+
+def elu(rounds: int) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edge.export.onnx import vectorise_elu
+
+    shape = [1, 64, 1920]  # the last stage of the Mimi decoder, one 80 ms frame
+
+    def model(rewrite: bool):
+        spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "y")]
+        graph = helper.make_graph([helper.make_node("Elu", ["x"], ["y"], name="elu")], "g", spec[:1], spec[1:])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        if rewrite:
+            vectorise_elu(proto)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sessions = {"Elu": model(False), "Relu(x) + Exp(Min(x, 0)) - 1": model(True)}
+    ref, out = (s.run(None, {"x": x})[0] for s in sessions.values())
+    medians = _interleaved({name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, rounds)
+    for name, seconds in medians.items():
+        print(f"{name}: {1e6 * seconds:.0f} us per call (one thread)")
+    print(f"max abs difference {float(np.abs(ref - out).max()):.1e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="probe", required=True)
+    h = sub.add_parser("heads", help="ExecuTorch depth_step: codebook heads as one linear or gathered")
+    h.add_argument("--recipe", choices=("int8", "int4"), default="int8")
+    h.add_argument("--rounds", type=int, default=7)
+    e = sub.add_parser("elu", help="onnxruntime Elu against its vectorised rewrite")
+    e.add_argument("--rounds", type=int, default=200)
+    args = ap.parse_args()
+    if args.probe == "heads":
+        heads(args.recipe, args.rounds)
+    else:
+        elu(args.rounds)
+
+
+if __name__ == "__main__":
+    main()
