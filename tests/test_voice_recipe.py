@@ -149,6 +149,8 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
     dev = [r for r in log if "dev_backbone" in r]
     assert [r["step"] for r in dev] == [2, 3]  # one per checkpoint, each run's last included
     assert all(np.isfinite(r["dev_backbone"]) and np.isfinite(r["dev_depth"]) for r in dev)
+    best = min(dev, key=lambda r: r["dev_backbone"] + r["dev_depth"])["step"]  # kept as runs/lm/best
+    assert json.loads((ckpt.parent / "best" / "state.json").read_text())["step"] == best
     shipped = ship.ship(ckpt, codec_runs[1], tmp_path / "edge-voice")  # the same codec, resumed: equal weights
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors", "training.json"]
     assert json.loads((shipped / "training.json").read_text())["lm"]["steps"] == 3

@@ -174,6 +174,18 @@ def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy checkpoint directory `src` to `dst`, replacing it atomically."""
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    old = dst.with_name(dst.name + ".old")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model weights and optimizer state saved by `save_checkpoint`; returns its state.json."""
     from safetensors.torch import load_file
@@ -230,6 +242,10 @@ class TrainLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def records(self) -> list[dict[str, float]]:
+        text = self.path.read_text() if self.path.is_file() else ""
+        return [json.loads(line) for line in text.splitlines() if line]
+
     def truncate(self, step: int) -> None:
         """Drop records past `step` (a resumed run repeats the steps after its checkpoint)."""
         if self.path.is_file():
@@ -242,8 +258,7 @@ class TrainLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        text = self.path.read_text() if self.path.is_file() else ""
-        records = [json.loads(line) for line in text.splitlines() if line]
+        records = self.records()
         if not records:
             return
         keys = list(dict.fromkeys(k for r in records for k in r if k not in ("step", "seconds", "lr")))

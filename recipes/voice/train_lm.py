@@ -34,6 +34,7 @@ from recipes.voice.common import (
     load_audio,
     load_checkpoint,
     load_codec,
+    copy_checkpoint,
     save_run,
     set_learning_rate,
     setup,
@@ -111,6 +112,12 @@ def dev_loss(model: CsmForConditionalGeneration, prompts: list[list[int]], codes
     return {k: v / len(dev) for k, v in sums.items()}
 
 
+def best_dev(train_log: TrainLog) -> float:
+    """The lowest dev loss (backbone + depth) a run has logged so far (inf if none): a resumed run keeps its best."""
+    records = train_log.records() if train_log.path.is_file() else []
+    return min((r["dev_backbone"] + r["dev_depth"] for r in records if "dev_backbone" in r), default=float("inf"))
+
+
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
     utts, audio = load_audio(args.data / "train.jsonl")
@@ -148,10 +155,18 @@ def train(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
     deadline = start + 60 * args.minutes
 
+    best = best_dev(train_log)
+
     def checkpoint() -> None:
-        if dev:
-            train_log.write({"step": step, **dev_loss(model, prompts, codes, dev, args.batch)})
+        nonlocal best
+        losses = dev_loss(model, prompts, codes, dev, args.batch) if dev else {}
+        if losses:
+            train_log.write({"step": step, **losses})
         save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
+        if losses and sum(losses.values()) < best:  # keep the dev minimum: later steps may overfit
+            best = sum(losses.values())
+            copy_checkpoint(ckpt, args.out / "best")
+            log.info("dev loss %.4f is the best so far: copied to %s", best, args.out / "best")
 
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
         gen = batch_generator(args.seed, step)
