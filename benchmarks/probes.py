@@ -2,11 +2,15 @@
 
     python benchmarks/probes.py heads [--recipe int8|int4]   # ExecuTorch depth_step: how the codebook heads run
     python benchmarks/probes.py elu                          # onnxruntime Elu against its vectorised rewrite
+    python benchmarks/probes.py caches [--recipe int8|fp32]  # Mimi decoder: KV caches written by graph or runtime
 
 - heads: csm-medium's `depth_step` quantized for ExecuTorch three ways (all heads as one linear, edge's
   default; one gathered head dequantized in the graph; one gathered fp32 head), timed interleaved, 32 calls
   per frame (as the loop makes them), with each program's size;
-- elu: an `Elu` graph against `export.onnx.vectorise_elu`'s rewrite of it on a Mimi-decoder-sized tensor.
+- elu: an `Elu` graph against `export.onnx.vectorise_elu`'s rewrite of it on a Mimi-decoder-sized tensor;
+- caches: csm-medium's real-config Mimi `codec_decoder` on onnxruntime with its KV caches as written states
+  (the graph returns the new slots, the runtime writes them: edge's contract) against the same graph wrapped
+  to return every cache whole through a scatter (the contract before), frame by frame, interleaved.
 """
 
 from __future__ import annotations
@@ -74,10 +78,9 @@ def heads(recipe: str, rounds: int) -> None:
     kv0 = torch.zeros(graph.state[0].shape)
 
     def frame(program) -> Callable[[], None]:
-        def run() -> None:
-            kv = kv0
+        def run() -> None:  # the cache's contents do not change the work: every step reads the same zeros
             for p in range(k):
-                _, kv = program.forward((hidden, torch.tensor([p % 7]), torch.tensor([p]), kv))
+                program.forward((hidden, torch.tensor([p % 7]), torch.tensor([p]), kv0))
         return run
 
     medians = _interleaved({name: frame(p) for name, p in programs.items()}, rounds)
@@ -113,6 +116,71 @@ def elu(rounds: int) -> None:
     print(f"max abs difference {float(np.abs(ref - out).max()):.1e}")
 
 
+def caches(recipe: str, frames: int, rounds: int) -> None:
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from edge.export.families import get_family
+    from edge.export.graph import Graph
+    from edge.export.onnx import export_onnx
+    from edge.presets import get_preset
+    from edge.quantize.onnx import quantize_file
+    from edge.runtime.loop import FrameDecoder
+    from edge.runtime.sessions import OnnxSession
+
+    preset = get_preset("csm-medium")
+    family = get_family(preset.family)
+    model = family.build_reference(preset.config, preset.seed)
+    graphs, manifest = family.graphs(model, preset.options)
+    written = next(g for g in graphs if g.name == "codec_decoder")
+
+    class WholeCaches(torch.nn.Module):
+        """The decoder returning each cache whole, its new slots written by a scatter inside the graph."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = written.module
+
+        def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            audio, slots, *new = self.inner(codes, *state)
+            out = []
+            for spec, old, n in zip(written.state, state, new, strict=True):
+                if spec.write is None:
+                    out.append(n)
+                    continue
+                shape = [1] * n.dim()
+                shape[spec.write[0]] = -1
+                out.append(old.scatter(spec.write[0], slots.view(shape).expand(n.shape), n))
+            return (audio, *out)
+
+    whole = Graph("codec_decoder", WholeCaches().eval(), written.inputs, written.outputs[:1],
+                  [dataclasses.replace(s, write=None) for s in written.state], written.example_inputs)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, manifest["codebook_size"], (frames, manifest["num_codebooks"])).tolist()
+    decoders, audio = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, g in {"caches written by the runtime (edge)": written, "caches returned whole": whole}.items():
+            path = Path(tmp) / f"{len(decoders)}.onnx"
+            export_onnx(g, path)
+            if recipe != "fp32":
+                quantize_file(path, path.with_suffix(".q.onnx"), recipe, 32)
+                path = path.with_suffix(".q.onnx")
+            session = OnnxSession(str(path), g.to_json())
+            decoders[name] = FrameDecoder(manifest, g.to_json(), session.run)
+            audio[name] = np.concatenate([decoders[name]([c]) for c in codes])  # also the warm-up
+
+        def run(decode: FrameDecoder) -> Callable[[], None]:
+            return lambda: [decode([c]) for c in codes]
+
+        medians = _interleaved({name: run(d) for name, d in decoders.items()}, rounds)
+    for name, seconds in medians.items():
+        print(f"{recipe} {name}: {1000 * seconds / frames:.2f} ms per 80 ms frame")
+    a, b = audio.values()
+    print(f"max abs difference of {frames} decoded frames: {float(np.abs(a - b).max()):.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="probe", required=True)
@@ -121,9 +189,15 @@ def main() -> None:
     h.add_argument("--rounds", type=int, default=7)
     e = sub.add_parser("elu", help="onnxruntime Elu against its vectorised rewrite")
     e.add_argument("--rounds", type=int, default=200)
+    c = sub.add_parser("caches", help="Mimi decoder: KV caches written by the runtime or returned whole")
+    c.add_argument("--recipe", choices=("int8", "fp32"), default="int8")
+    c.add_argument("--frames", type=int, default=12)
+    c.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
     if args.probe == "heads":
         heads(args.recipe, args.rounds)
+    elif args.probe == "caches":
+        caches(args.recipe, args.frames, args.rounds)
     else:
         elu(args.rounds)
 

@@ -236,12 +236,13 @@ class LmStep:
     def __init__(self, bundle: str, backend: str, steps: int, threads: int | None):
         from edge.bundle import load_bundle
         from edge.runtime.sessions import open_sessions
+        from edge.runtime.state import State
 
         b = load_bundle(bundle)
         m, spec = b.model, b.graphs["lm_step"]
         self.threads = eager_threads(b, threads) if backend == "torch" else threads
         self.session = open_sessions(b, backend, ["lm_step"], self.threads)["lm_step"]
-        self.kv = np.zeros(spec["state"][0]["shape"], spec["state"][0]["dtype"])
+        self.kv = State(spec["state"])
         self.codes = np.ones((1, m["num_codebooks"]), np.int64)
         # Positions run from the middle of the prompt to the end of the cache, and around again.
         self.positions = itertools.cycle(range(m["prompt_capacity"] // 2, m["kv_capacity"]))
@@ -252,7 +253,7 @@ class LmStep:
     def _step(self) -> float:
         position = np.array([next(self.positions)], np.int64)
         t = time.perf_counter()
-        self.kv = self.session.run({"codes": self.codes, "position": position, "kv": self.kv})["kv_next"]
+        self.kv.update(self.session.run({"codes": self.codes, "position": position, **self.kv.feeds()}))
         return 1000 * (time.perf_counter() - t)
 
     def once(self) -> dict[str, Any]:

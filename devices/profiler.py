@@ -78,6 +78,18 @@ def _tensor_bytes(specs: list[dict]) -> int:
     return sum(math.prod(t["shape"]) * np.dtype(t["dtype"]).itemsize for t in specs)
 
 
+def state_traffic(spec: dict) -> int:
+    """Bytes of state one call of graph `spec` moves: each state read once, then written whole if carried, or
+    only its new entries if written (`edge.runtime.state`)."""
+    shapes = {t["name"]: t["shape"] for t in spec["outputs"]}
+    total = 0
+    for t in spec["state"]:
+        whole, write = _tensor_bytes([t]), t.get("write")
+        total += whole + (whole if write is None else
+                          whole // t["shape"][write["axis"]] * math.prod(shapes[write["index"]]))
+    return total
+
+
 def parameter_bytes(bundle: Bundle, graph: str, backend: str) -> tuple[int, str]:
     """Bytes of a graph's weights: its ONNX initializers, or (ExecuTorch) its file size."""
     if backend == "onnx":
@@ -140,7 +152,7 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
                               "file size only (no ONNX graph in the bundle): bandwidth term only")
         weights, flops, source = work[name]
         state = _tensor_bytes(spec["state"])
-        nbytes = weights + 2 * state
+        nbytes = weights + state_traffic(spec)
         here = roofline.roofline_ms(nbytes, flops, *anchors)
         loop_ms = in_loop[name] or latency["median"]  # a run that stopped before its first frame has no loop time
         step(f"{backend}: profiling {name} per operator")

@@ -33,7 +33,8 @@ LABEL = "ESTIMATE (roofline model, calibrated on this machine; not measured on t
 def assumptions(bandwidth_gbs: float, compute_gflops: float, threads: int) -> list[str]:
     """What every projection assumes, in words (printed with every projection)."""
     return [
-        "Each call reads its weights once from DRAM and reads + writes its state (KV caches, conv tails); "
+        "Each call reads its weights once from DRAM, reads its state and writes what changed (a KV cache's new "
+        "slots, conv tails whole); "
         "bytes and FLOPs are counted on the bundle's ONNX graph with real shapes.",
         f"This machine's anchors, measured with {threads} threads: {bandwidth_gbs:.1f} GB/s read bandwidth, "
         f"{compute_gflops:.1f} GFLOP/s FP32 (onnxruntime MatMul).",

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge import __version__
+from edge.bundle import FORMAT_VERSION
 from edge.errors import EdgeError
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import check_writable, to_pcm16, write_wav
@@ -40,7 +41,7 @@ def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:
     """The cached bundle of a built-in preset for one backend, exported on first use (and again when the
     package's weights for it change: their digest is part of the name)."""
     digest = get_preset(preset).weights_digest()[:12]
-    path = cache_dir() / "-".join(filter(None, (preset, __version__, digest, backend)))
+    path = cache_dir() / "-".join(filter(None, (preset, __version__, f"f{FORMAT_VERSION}", digest, backend)))
     if (path / "manifest.json").is_file():
         return path
     try:

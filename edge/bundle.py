@@ -27,7 +27,8 @@ from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: KV caches are written states (a step returns its new slots, the runtime writes them; `edge.runtime.state`).
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 BACKENDS = ("onnx", "executorch", "torch")
 
@@ -127,6 +128,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise EdgeError(f"{mpath} is invalid at {where}: {e.message}; re-export the bundle") from None
 
+    for name, g in manifest["graphs"].items():
+        _check_writes(mpath, name, g)
     listed = manifest["files"]
     named = [f for g in manifest["graphs"].values() for files in g["files"].values() for f in files]
     if "file" in manifest["tokenizer"]:
@@ -146,6 +149,19 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if "reference" in manifest:
         _inside(root, manifest["reference"]["dir"])
     return Bundle(root.resolve(), manifest)
+
+
+def _check_writes(mpath: Path, name: str, graph: dict) -> None:
+    """A written state's axis must exist and its index must be one of the graph's int64 outputs."""
+    outputs = {t["name"]: t for t in graph["outputs"]}
+    for t in graph["state"]:
+        write = t.get("write")
+        if write is None:
+            continue
+        index = outputs.get(write["index"])
+        if write["axis"] >= len(t["shape"]) or index is None or index["dtype"] != "int64":
+            raise EdgeError(f"{mpath}: state '{t['name']}' of graph '{name}' is written at an axis or index the "
+                            "graph does not have; the bundle is corrupt, re-export it")
 
 
 class BundleWriter:

@@ -8,7 +8,10 @@ caches and convolution tails travel in and out as tensors, with fixed shapes, st
 zeros. That makes every graph exportable as-is to ONNX and ExecuTorch and drivable by one
 runtime loop.
 
-State named in `state` is carried by the runtime from one call to the next. A graph may also
+State named in `state` is held by the runtime from one call to the next (`edge.runtime.state`): a
+carried state comes back whole as ``<name>_next``; a *written* one (a KV cache, `TensorSpec.write`)
+comes back as only its new entries, ``<name>_new``, plus an int64 output saying where they go, and
+the runtime writes them in place, so no graph copies a cache. A graph may also
 *produce* another graph's state (``lm_prefill`` produces the KV cache ``lm_step`` carries): it
 lists it in `outputs` and the manifest's `state_from` says which graph consumes it.
 """
@@ -21,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge.runtime.state import state_output
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "int64": torch.int64}
 
 
@@ -31,12 +36,18 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+    # State only: (axis, index output) if the graph returns just its new entries along `axis`, their
+    # positions in the int64 output named `index` (a written state); None if it returns the whole tensor.
+    write: tuple[int, str] | None = None
 
     def zeros(self) -> torch.Tensor:
         return torch.zeros(self.shape, dtype=DTYPES[self.dtype])
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        spec: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.write is not None:
+            spec["write"] = {"axis": self.write[0], "index": self.write[1]}
+        return spec
 
 
 @dataclass
@@ -58,7 +69,7 @@ class Graph:
         return [s.name for s in self.inputs] + [s.name for s in self.state]
 
     def output_names(self) -> list[str]:
-        return [s.name for s in self.outputs] + [next_state_name(s.name) for s in self.state]
+        return [s.name for s in self.outputs] + [state_output(s.to_json()) for s in self.state]
 
     def parameters(self) -> int:
         """Weights the graph holds: its module's float parameters and buffers (codebooks), each counted once."""
@@ -73,7 +84,3 @@ class Graph:
             "parameters": self.parameters(),
         }
 
-
-def next_state_name(name: str) -> str:
-    """Name of the output that carries state `name` into the next call."""
-    return f"{name}_next"

@@ -26,6 +26,7 @@ import numpy as np
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
 from edge.runtime.loop import FrameDecoder
+from edge.runtime.state import State
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +63,28 @@ def _teacher_forced(ref_voice, q_voice, tokens: list[int], codes: list[list[int]
     padded[0, : len(tokens)] = tokens
     feeds = {"tokens": padded, "length": np.array([len(tokens)], np.int64)}
     outs = [v.sessions["lm_prefill"].run(feeds) for v in (ref_voice, q_voice)]
-    kvs = [o["kv"] for o in outs]
-    spec = ref_voice.bundle.graphs["depth_step"]["state"]
+    graphs = ref_voice.bundle.graphs
+    kvs = [State(graphs["lm_step"]["state"]) for _ in range(2)]
+    states = [State(graphs["depth_step"]["state"]) for _ in range(2)]
+    for kv, out in zip(kvs, outs, strict=True):
+        kv.set("kv", out["kv"])
     for f, frame in enumerate(codes):
         lm.add(outs[0]["logits"], outs[1]["logits"])
-        states = [{t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec} for _ in range(2)]
         for p in range(len(frame)):
             code = frame[0] if p == 0 else frame[p - 1]
             d = []
             for i, v in enumerate((ref_voice, q_voice)):
                 r = v.sessions["depth_step"].run({"hidden": outs[i]["hidden"], "code": np.array([code], np.int64),
-                                                  "position": np.array([p], np.int64), **states[i]})
-                states[i] = {name: r[f"{name}_next"] for name in states[i]}
+                                                  "position": np.array([p], np.int64), **states[i].feeds()})
+                states[i].update(r)
                 d.append(r["logits"])
             if p > 0:
                 depth.add(d[0], d[1])
         if f + 1 < len(codes):
             step = {"codes": np.array([frame], np.int64), "position": np.array([len(tokens) + f], np.int64)}
-            outs = [v.sessions["lm_step"].run({**step, "kv": kvs[i]}) for i, v in enumerate((ref_voice, q_voice))]
-            kvs = [o["kv_next"] for o in outs]
+            outs = [v.sessions["lm_step"].run({**step, **kvs[i].feeds()}) for i, v in enumerate((ref_voice, q_voice))]
+            for kv, out in zip(kvs, outs, strict=True):
+                kv.update(out)
     return {"lm": lm.result(), "depth": depth.result()}
 
 
@@ -156,13 +160,13 @@ def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
 
 def encode_stream(session, spec: dict, audio: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     """Encode `audio` `n` samples at a time through `codec_encoder`: codes (K, frames), seconds per call."""
-    state = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in spec["state"]}
+    state = State(spec["state"])
     codes, seconds = [], []
     for i in range(0, audio.size - n + 1, n):
         t = time.perf_counter()
-        out = session.run({"audio": audio[i:i + n].reshape(1, 1, n), **state})
+        out = session.run({"audio": audio[i:i + n].reshape(1, 1, n), **state.feeds()})
         seconds.append(time.perf_counter() - t)
-        state = {name: out[f"{name}_next"] for name in state}
+        state.update(out)
         codes.append(out["codes"][0])
     return np.concatenate(codes, axis=-1), float(np.median(seconds))
 

@@ -21,6 +21,7 @@ from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
 from edge.runtime.sampler import Sampler, SamplingConfig
 from edge.runtime.sessions import Session, open_sessions
+from edge.runtime.state import State, zero_state
 from edge.runtime.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -77,24 +78,34 @@ class _Timed:
         return out
 
 
-def _zeros(spec: dict) -> np.ndarray:
-    return np.zeros(spec["shape"], dtype=spec["dtype"])
+class StatePool:
+    """The `State`s of one graph, kept for reuse: a stream takes one (zeroed) and gives it back when it ends, so
+    starting a stream allocates nothing and faults in no fresh pages (the real Mimi decoder's caches are 8 MB).
+    Streams running side by side each get their own."""
 
+    def __init__(self, spec: dict):
+        self.specs, self.zeros = spec["state"], zero_state(spec["state"])
+        self._free: list[State] = []
 
-def _zero_state(spec: dict) -> dict[str, np.ndarray]:
-    """A graph's initial (all-zero) state. Sessions never write their inputs, so one set of zeros can start
-    every stream: allocated (and its pages first touched) once, not per stream."""
-    return {t["name"]: _zeros(t) for t in spec["state"]}
+    def take(self) -> State:
+        if not self._free:
+            return State(self.specs, self.zeros)
+        state = self._free.pop()
+        state.reset()
+        return state
+
+    def give(self, state: State) -> None:
+        self._free.append(state)
 
 
 class FrameDecoder:
-    """Frames of codes → PCM through `codec_decoder`, carrying its state from call to call; it starts from
-    `zero` (as `_zero_state` gives, shared and never written) or from fresh zeros."""
+    """Frames of codes → PCM through `codec_decoder`, holding its state from call to call (`state`, or a fresh
+    one)."""
 
     def __init__(self, model: dict, spec: dict, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                 zero: dict[str, np.ndarray] | None = None):
+                 state: State | None = None):
         self.model, self.run = model, run
-        self.state = dict(zero) if zero is not None else _zero_state(spec)
+        self.state = state if state is not None else State(spec["state"])
 
     def __call__(self, frames: list[list[int]]) -> np.ndarray:
         """Decode up to `frames_per_call` frames (a short last group is zero-padded and trimmed)."""
@@ -104,8 +115,8 @@ class FrameDecoder:
         # model never emits them, a random one can; they decode as code 0 instead of crashing.
         frame_codes = np.array(frames, np.int64).T
         codes[0, :, :n] = np.where(frame_codes < m["codebook_size"], frame_codes, 0)
-        out = self.run({"codes": codes, **self.state})
-        self.state = {name: out[f"{name}_next"] for name in self.state}
+        out = self.run({"codes": codes, **self.state.feeds()})
+        self.state.update(out)
         return out["audio"].reshape(-1)[: n * m["samples_per_frame"]].astype(np.float32)
 
 
@@ -134,9 +145,8 @@ class Voice:
         self.tokenizer = load_tokenizer(bundle)
         self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
                                       threads)
-        # Allocated once per voice, not per stream: starting a stream costs no allocation or page faults.
-        self._depth_zero = _zero_state(bundle.graphs["depth_step"])
-        self._decoder_zero = _zero_state(bundle.graphs["codec_decoder"])
+        # States and the prompt buffer are allocated once per voice, not per stream.
+        self._pools = {g: StatePool(bundle.graphs[g]) for g in ("lm_step", "depth_step", "codec_decoder")}
         self._prompt = np.full((1, self.model["prompt_capacity"]), self.model["text_pad_token"], dtype=np.int64)
 
     @classmethod
@@ -186,6 +196,15 @@ class Voice:
 
     def _run(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream,
              prepared: float) -> Iterator[np.ndarray]:
+        states = {g: pool.take() for g, pool in self._pools.items()}
+        try:
+            yield from self._frames(tokens, sample, max_seconds, stream, prepared, states)
+        finally:  # also when the caller stops early: the generator is closed
+            for g, state in states.items():
+                self._pools[g].give(state)
+
+    def _frames(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream, prepared: float,
+                states: dict[str, State]) -> Iterator[np.ndarray]:
         m, s, stats = self.model, self.sessions, stream.stats
         call = _Timed(stats)
         start = time.perf_counter() - prepared  # `stream()`'s own work counts too
@@ -200,26 +219,28 @@ class Voice:
         padded[0, : len(tokens)] = tokens
         padded[0, len(tokens) :] = m["text_pad_token"]
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
+        kv, depth = states["lm_step"], states["depth_step"]
+        kv.set("kv", out["kv"])
         prefilled = time.perf_counter()
-        kv = out["kv"]
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
         stats.stopped_by = "max_frames"
 
         decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"],
-                              lambda feeds: call("codec", s["codec_decoder"], feeds), self._decoder_zero)
+                              lambda feeds: call("codec", s["codec_decoder"], feeds), states["codec_decoder"])
 
         for frame in range(max_frames):
             hidden = out["hidden"]
             codes = [sample(out["logits"])]
-            depth = dict(self._depth_zero)
+            # Each frame's depth positions start again at 0; slots past a position are masked, so the depth
+            # cache needs no clearing between frames.
             for p in range(k):
                 d = call("depth", s["depth_step"], {
                     "hidden": hidden, "code": np.array([codes[-1]], np.int64),
-                    "position": np.array([p], np.int64), **depth,
+                    "position": np.array([p], np.int64), **depth.feeds(),
                 })
-                depth = {name: d[f"{name}_next"] for name in depth}
+                depth.update(d)
                 if p > 0:
                     codes.append(sample(d["logits"]))
             stream.codes.append(codes)
@@ -240,9 +261,9 @@ class Voice:
             if frame + 1 < max_frames:
                 out = call("lm", s["lm_step"], {
                     "codes": np.array([codes], np.int64), "position": np.array([len(tokens) + frame], np.int64),
-                    "kv": kv,
+                    **kv.feeds(),
                 })
-                kv = out["kv_next"]
+                kv.update(out)
         if pending:
             chunk = decode(pending)
             self._account(stats, chunk, start, prefilled)

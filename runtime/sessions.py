@@ -1,7 +1,8 @@
 """Backend sessions: one thin class per backend, all with the same `run(feeds) -> outputs` call.
 
-Arrays in and out are numpy; names follow the manifest (inputs, then state; outputs, then
-`<state>_next`). Only the ONNX session is importable without torch.
+Arrays in and out are numpy; names follow the manifest (inputs, then state; outputs, then each
+state's `<name>_next` or, for a written state, `<name>_new`: see `edge.runtime.state`). Only the ONNX
+session is importable without torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.errors import EdgeError
+from edge.runtime.state import state_output
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ class Session(Protocol):
 
 def _names(spec: dict) -> tuple[list[str], list[str]]:
     inputs = [t["name"] for t in spec["inputs"]] + [t["name"] for t in spec["state"]]
-    outputs = [t["name"] for t in spec["outputs"]] + [f"{t['name']}_next" for t in spec["state"]]
+    outputs = [t["name"] for t in spec["outputs"]] + [state_output(t) for t in spec["state"]]
     return inputs, outputs
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edge.bundle import BundleWriter
+from edge.runtime.state import State
 
 SPEC = {"inputs": [{"name": "x", "shape": [1, 4], "dtype": "float32"}],
         "outputs": [{"name": "y", "shape": [1, 4], "dtype": "float32"}],
@@ -29,3 +30,19 @@ def write_small_bundle(out: Path) -> Path:
 def edge_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """Run the real `edge` entry point in a subprocess."""
     return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, input=stdin, timeout=600)
+
+
+class GraphRunner:
+    """Calls a `Graph`'s module (or `fn`, with the same arguments) call after call as the runtime does, its
+    state held by an `edge.runtime.state.State`; returns each call's regular outputs."""
+
+    def __init__(self, graph, fn=None):
+        self.graph, self.fn = graph, fn or graph.module
+        self.state = State([s.to_json() for s in graph.state])
+
+    def __call__(self, *inputs):
+        import torch
+
+        outs = self.fn(*inputs, *(torch.from_numpy(a) for a in self.state.feeds().values()))
+        self.state.update({n: o.numpy() for n, o in zip(self.graph.output_names(), outs, strict=True)})
+        return outs[: len(self.graph.outputs)]

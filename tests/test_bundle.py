@@ -79,6 +79,17 @@ def test_schema_violation(bundle):
         load_bundle(bundle)
 
 
+@pytest.mark.parametrize("write", [{"axis": 1, "index": "y"}, {"axis": 1, "index": "nope"}, {"axis": 3, "index": "i"}])
+def test_written_state_must_point_at_an_int64_output(bundle, write):
+    def edit(m):
+        g = m["graphs"]["g"]
+        g["outputs"].append({"name": "i", "shape": [1], "dtype": "int64"})
+        g["state"][0]["write"] = write
+    _edit_manifest(bundle, edit)
+    with pytest.raises(EdgeError, match="state 's' of graph 'g' is written at an axis or index"):
+        load_bundle(bundle)
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     out = tmp_path / "half"
     with pytest.raises(RuntimeError), BundleWriter(out) as w:

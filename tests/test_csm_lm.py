@@ -10,8 +10,9 @@ import torch
 from transformers import CsmConfig, CsmForConditionalGeneration
 
 from edge.export.families.csm_lm import EOS_RULE, lm_graphs, lm_manifest
-from edge.export.graph import Graph
+from edge.export.graph import DTYPES, Graph
 from edge.presets import BYTE_VOCAB, TINY_CSM
+from tests.helpers import GraphRunner
 
 PROMPT_CAPACITY, KV_CAPACITY = 64, 192
 FRAMES = 30
@@ -61,11 +62,11 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def greedy_frame(depth: Graph, logits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """The K codes of one frame: codebook 0 from the backbone logits, the rest from depth_step."""
     num_codebooks = depth.state[0].shape[4]
-    depth_kv = depth.state[0].zeros()
+    step = GraphRunner(depth)
     codes = [logits.argmax(-1)]
-    _, depth_kv = depth.module(hidden, codes[0], torch.tensor([0]), depth_kv)
+    step(hidden, codes[0], torch.tensor([0]))
     for p in range(1, num_codebooks):
-        step_logits, depth_kv = depth.module(hidden, codes[-1], torch.tensor([p]), depth_kv)
+        step_logits, _ = step(hidden, codes[-1], torch.tensor([p]))
         codes.append(step_logits.argmax(-1))
     return torch.cat(codes)
 
@@ -78,6 +79,8 @@ def greedy_generate(
     assert stop["eos_rule"] == "all_but_last_codebook"
     tokens, length = padded(ids)
     logits, hidden, kv = graphs["lm_prefill"].module(tokens, length)
+    step = GraphRunner(graphs["lm_step"])
+    step.state.set("kv", kv.numpy())
     position = int(length)
     frames = []
     for _ in range(max_frames):
@@ -85,7 +88,7 @@ def greedy_generate(
         frames.append(codes)
         if bool((codes[:-1] == stop["eos_token"]).all()):
             break
-        logits, hidden, kv = graphs["lm_step"].module(codes.unsqueeze(0), torch.tensor([position]), kv)
+        logits, hidden, _ = step(codes.unsqueeze(0), torch.tensor([position]))
         position += 1
     return torch.stack(frames)
 
@@ -107,8 +110,12 @@ def test_specs_match_outputs(graphs: dict[str, Graph]) -> None:
         specs = g.outputs + g.state
         assert len(outs) == len(specs), g.name
         for out, spec in zip(outs, specs, strict=True):
-            assert tuple(out.shape) == spec.shape, (g.name, spec.name)
-            assert out.dtype == torch.float32, (g.name, spec.name)
+            shape = list(spec.shape)
+            if spec.write is not None:  # a step returns one new slot of its cache
+                assert spec.write == (4, "slots")
+                shape[4] = 1
+            assert list(out.shape) == shape, (g.name, spec.name)
+            assert out.dtype == DTYPES[spec.dtype], (g.name, spec.name)
 
 
 @torch.no_grad()
@@ -131,6 +138,8 @@ def test_step_matches_hf(model: CsmForConditionalGeneration, graphs: dict[str, G
     ref = model(input_ids=ids, use_cache=True)
     cache = ref.past_key_values
     _, _, kv = graphs["lm_prefill"].module(*padded(ids))
+    step = GraphRunner(graphs["lm_step"])
+    step.state.set("kv", kv.numpy())
     gen = torch.Generator().manual_seed(1)
     errs = []
     for frame in range(4):
@@ -139,7 +148,7 @@ def test_step_matches_hf(model: CsmForConditionalGeneration, graphs: dict[str, G
             input_ids=codes.unsqueeze(1), past_key_values=cache, use_cache=True, output_hidden_states=True
         )
         cache = ref.past_key_values
-        logits, hidden, kv = graphs["lm_step"].module(codes, torch.tensor([ids.shape[1] + frame]), kv)
+        logits, hidden, _ = step(codes, torch.tensor([ids.shape[1] + frame]))
         errs += [max_err(logits, ref.logits[:, -1]), max_err(hidden, ref.hidden_states[-1][:, -1])]
     assert max(errs) < TOL, errs
 
@@ -154,11 +163,11 @@ def test_depth_step_matches_hf(model: CsmForConditionalGeneration, graphs: dict[
     ids = torch.cat([torch.zeros(1, dtype=torch.long), codes[:-1]]).unsqueeze(0)
     ref = model.depth_decoder(input_ids=ids, backbone_last_hidden_state=hidden).logits  # (1, K-1, V)
     depth = graphs["depth_step"]
-    depth_kv = depth.state[0].zeros()
-    logits, depth_kv = depth.module(hidden, codes[:1], torch.tensor([0]), depth_kv)
+    step = GraphRunner(depth)
+    logits, _ = step(hidden, codes[:1], torch.tensor([0]))
     assert not logits.any()  # position 0 has no codebook to predict
     for p in range(1, k):
-        logits, depth_kv = depth.module(hidden, codes[p - 1 : p], torch.tensor([p]), depth_kv)
+        logits, _ = step(hidden, codes[p - 1 : p], torch.tensor([p]))
         assert max_err(logits, ref[:, p - 1]) < TOL, p
 
 

@@ -57,9 +57,9 @@ def test_manifest_contract(tiny_bundle):
         assert g["recipe"] == "fp32"
         for backend, err in g["parity_max_abs_err"].items():
             assert err < 1e-3, (name, backend, err)
-    # lm_step carries the cache lm_prefill produces
+    # lm_step holds the cache lm_prefill produces, as a written state (a step returns its slot, not the cache)
     prefill_kv = next(t for t in bundle.graphs["lm_prefill"]["outputs"] if t["name"] == "kv")
-    assert bundle.graphs["lm_step"]["state"] == [prefill_kv]
+    assert bundle.graphs["lm_step"]["state"] == [{**prefill_kv, "write": {"axis": 4, "index": "slots"}}]
 
 
 def test_mimi_bundle(tmp_path):

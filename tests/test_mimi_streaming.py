@@ -23,6 +23,8 @@ from edge.export.families.mimi import (
 )
 from edge.export.graph import DTYPES, Graph, TensorSpec
 from edge.presets import TINY_MIMI
+from edge.runtime.state import State
+from tests.helpers import GraphRunner
 
 FRAMES = 24  # 48 transformer steps at 25 Hz: the 8-slot ring buffer wraps six times
 SPF = 1920  # samples per frame at 24 kHz / 12.5 Hz
@@ -43,14 +45,9 @@ def graph(codec: MimiModel, name: str, num_codebooks: int = 8, frames_per_call: 
 
 def stream(g: Graph, x: torch.Tensor, step: int, fn=None) -> torch.Tensor:
     """Feed `x` to graph `g` in chunks of `step` along the last axis, carrying its state."""
-    fn = fn or g.module
-    state = [s.zeros() for s in g.state]
-    outs = []
+    run = GraphRunner(g, fn)
     with torch.no_grad():
-        for i in range(0, x.shape[-1], step):
-            out, *state = fn(x[..., i : i + step], *state)
-            outs.append(out)
-    return torch.cat(outs, dim=-1)
+        return torch.cat([run(x[..., i : i + step])[0] for i in range(0, x.shape[-1], step)], dim=-1)
 
 
 def snr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -174,10 +171,12 @@ def test_transformer_ring_buffer_matches_sliding_window(window: int) -> None:
 
     with torch.no_grad():
         ref = ref_model(x).last_hidden_state
-        kv = [torch.zeros(shape) for shape in streaming.kv_shapes]
+        kv = State([s.to_json() for s in streaming.kv_specs("", "slots")])
         pos, outs, start = torch.zeros(1, dtype=torch.int64), [], 0
         for t in chunks:
-            y, kv, pos = streaming(x[:, start : start + t], kv, pos)
+            y, new, pos, slots = streaming(x[:, start : start + t], [torch.from_numpy(a) for a in kv.arrays.values()],
+                                           pos)
+            kv.update({"slots": slots.numpy(), **{f"{n}_new": a.numpy() for n, a in zip(kv.arrays, new, strict=True)}})
             outs.append(y)
             start += t
         out = torch.cat(outs, dim=1)
@@ -196,8 +195,12 @@ def test_state_contract(codec: MimiModel) -> None:
         graphs = codec_graphs(codec, k, f)
         assert [g.name for g in graphs] == ["codec_encoder", "codec_decoder"]
         enc, dec = graphs
-        assert [s.name for s in enc.inputs] == ["audio"] and [s.name for s in enc.outputs] == ["codes"]
-        assert [s.name for s in dec.inputs] == ["codes"] and [s.name for s in dec.outputs] == ["audio"]
+        assert [s.name for s in enc.inputs] == ["audio"] and [s.name for s in enc.outputs] == ["codes", "enc.slots"]
+        assert [s.name for s in dec.inputs] == ["codes"] and [s.name for s in dec.outputs] == ["audio", "dec.slots"]
+        for g, prefix in [(enc, "enc."), (dec, "dec.")]:  # the KV caches are written at the call's ring slots
+            caches = [s for s in g.state if re.fullmatch(rf"{prefix}[kv]\d+", s.name)]
+            assert caches and all(s.write == (2 if s.name[4] == "k" else 1, f"{prefix}slots") for s in caches)
+            assert all(s.write is None for s in g.state if s not in caches)
         assert enc.outputs[0] == dec.inputs[0] == TensorSpec("codes", (1, k, f), "int64")
         assert enc.inputs[0] == dec.outputs[0] == TensorSpec("audio", (1, 1, f * SPF))
         for g in graphs:
@@ -212,8 +215,13 @@ def test_state_contract(codec: MimiModel) -> None:
                 out = g.module(*args)
             specs = g.outputs + g.state
             assert len(out) == len(specs)
+            steps = g.outputs[1].shape[0]  # transformer steps per call: 2 per frame
+            assert steps == 2 * f
             for t, s in zip(out, specs, strict=True):
-                assert tuple(t.shape) == s.shape and t.dtype == DTYPES[s.dtype], s
+                shape = list(s.shape)
+                if s.write is not None:  # only this call's entries
+                    shape[s.write[0]] = steps
+                assert list(t.shape) == shape and t.dtype == DTYPES[s.dtype], s
     assert codec_manifest(codec, 8, 2) == {
         "sample_rate": 24000,
         "frame_rate": 12.5,
@@ -257,11 +265,11 @@ def test_matmul_forms_export_and_quantize(codec: MimiModel, tmp_path: Path, monk
     torch.manual_seed(6)
     codes = torch.randint(0, codec.config.codebook_size, (1, 8, 6))
     session = OnnxSession(str(tmp_path / "dec.onnx"), g.to_json())
-    state = {s.name: s.zeros().numpy() for s in g.state}
+    state = State(g.to_json()["state"])
     got = []
     for f in range(codes.shape[-1]):
-        out = session.run({"codes": codes[..., f : f + 1].numpy(), **state})
-        state = {s.name: out[f"{s.name}_next"] for s in g.state}
+        out = session.run({"codes": codes[..., f : f + 1].numpy(), **state.feeds()})
+        state.update(out)
         got.append(out["audio"])
     want = stream(g, codes, 1)
     np.testing.assert_allclose(np.concatenate(got, axis=-1), want.numpy(), atol=1e-4, rtol=1e-4)

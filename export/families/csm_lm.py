@@ -12,8 +12,9 @@ CSM predicts one audio frame (``K`` codebook tokens) per backbone step:
 
 Every module reuses the reference model's submodules (projections, MLPs, norms, rotary embedding,
 embeddings and heads), so the weights are shared, not copied. Caches are single tensors shaped
-``(layers, 2, 1, kv_heads, capacity, head_dim)`` (2 = keys, values); a step writes its slot with a
-scatter and attends to the slots before its position (masked) and its own, so all shapes are static.
+``(layers, 2, 1, kv_heads, capacity, head_dim)`` (2 = keys, values); a step attends to the slots before
+its position (masked) and its own, and returns only its own keys and values and their slot (a written
+state, see `edge.runtime.state`): the runtime writes them into its cache, so no step copies the cache.
 """
 
 from __future__ import annotations
@@ -143,11 +144,10 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
 class _Stack(nn.Module):
     """A stack of `CachedLayer`s stepped one position at a time over a (L, 2, 1, H_kv, C, hd) cache.
 
-    Every layer attends to the cache as it came in plus its own new key and value; the new keys and values of
-    all layers are then written into their slot with one `scatter`, the only full copy of the cache a step
-    makes (a `where` per layer and stacking the layers' caches again copied it several times). onnxruntime's
-    `ScatterElements` copies the cache and writes the slot: 0.44 ms for csm-medium's 4 MB cache where the
-    broadcasting `where` over all of it took 0.86 ms (one thread, call by call, medians of 200).
+    Every layer attends to the cache as it came in plus its own new key and value; the step returns the new
+    keys and values of all layers, (L, 2, 1, H_kv, 1, hd), for the runtime to write at `position`. (Writing
+    them in the graph copied the whole cache on every step: a `where` per layer at first, then one `scatter`,
+    0.44 ms of csm-medium's int8 step for its 4 MB cache.)
     """
 
     def __init__(self, layers: nn.ModuleList) -> None:
@@ -156,7 +156,8 @@ class _Stack(nn.Module):
 
     def step(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: torch.Tensor, position: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (x, this step's keys and values (L, 2, 1, H_kv, 1, hd), the slot they go to (1,))."""
         capacity = kv.shape[4]
         slots = torch.arange(capacity, device=position.device)
         mask = _attention_mask(slots < position).view(1, 1, 1, capacity)
@@ -164,8 +165,9 @@ class _Stack(nn.Module):
         for i, layer in enumerate(self.layers):
             x, k, v = layer.step(x, cos, sin, kv[i, 0], kv[i, 1], mask)
             new_kv.append(torch.stack([k, v]))  # (2, 1, H_kv, 1, hd)
-        new = torch.stack(new_kv)  # (L, 2, 1, H_kv, 1, hd)
-        return x, torch.scatter(kv, 4, position.view(1, 1, 1, 1, 1, 1).expand(new.shape), new)
+        # The slot is the position; returned as a new tensor, not the input itself (an output that is an input
+        # is not an operator's result in every exporter).
+        return x, torch.stack(new_kv), position.clone()
 
 
 class LmPrefill(_Stack):
@@ -197,7 +199,7 @@ class LmPrefill(_Stack):
 
 
 class LmStep(_Stack):
-    """Backbone over one audio frame: (codes (1, K), position (1,), kv) -> (logits, hidden, kv)."""
+    """Backbone over one audio frame: (codes (1, K), position (1,), kv) -> (logits, hidden, slots, new kv)."""
 
     def __init__(self, model: CsmForConditionalGeneration) -> None:
         super().__init__(model.backbone_model.layers)
@@ -208,12 +210,12 @@ class LmStep(_Stack):
 
     def forward(
         self, codes: torch.Tensor, position: torch.Tensor, kv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.embed_codes(codes.unsqueeze(1))  # (1, 1, D)
         cos, sin = self.rotary(x, position.view(1, 1))
-        x, kv = self.step(x, cos, sin, kv, position)
+        x, new_kv, slots = self.step(x, cos, sin, kv, position)
         hidden = self.norm(x).squeeze(1)
-        return self.lm_head(hidden), hidden, kv
+        return self.lm_head(hidden), hidden, slots, new_kv
 
 
 class CodebookHeads(nn.Module):
@@ -236,7 +238,8 @@ class CodebookHeads(nn.Module):
 
 
 class DepthStep(_Stack):
-    """Depth decoder, one codebook position: (hidden (1, D), code (1,), position (1,), depth_kv) -> logits.
+    """Depth decoder, one codebook position: (hidden (1, D), code (1,), position (1,), depth_kv) -> (logits,
+    slots, new depth_kv).
 
     Position 0 takes the backbone hidden (`code` ignored) and returns zero logits; position p >= 1 takes
     codebook p-1's code and returns codebook p's logits.
@@ -254,21 +257,22 @@ class DepthStep(_Stack):
 
     def forward(
         self, hidden: torch.Tensor, code: torch.Tensor, position: torch.Tensor, depth_kv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         codebook = torch.clamp(position - 1, min=0)
         embedded = self.embed_codes(code + codebook * self.vocab_size)  # (1, D)
         x = torch.where(position.unsqueeze(1) == 0, hidden, embedded)
         x = self.project(x).unsqueeze(1)  # (1, 1, depth hidden)
         cos, sin = self.rotary(x, position.view(1, 1))
-        x, depth_kv = self.step(x, cos, sin, depth_kv, position)
+        x, new_kv, slots = self.step(x, cos, sin, depth_kv, position)
         x = self.norm(x)  # (1, 1, depth hidden)
         logits = self.heads(x, codebook)  # (1, V)
         logits = torch.where(position.unsqueeze(1) > 0, logits, 0.0)
-        return logits, depth_kv
+        return logits, slots, new_kv
 
 
-def _kv_spec(name: str, layers: int, kv_heads: int, capacity: int, head_dim: int) -> TensorSpec:
-    return TensorSpec(name, (layers, 2, 1, kv_heads, capacity, head_dim))
+def _kv_spec(name: str, layers: int, kv_heads: int, capacity: int, head_dim: int, written: bool) -> TensorSpec:
+    """A KV cache; as a step's state, written: new entries along the capacity axis (4) at output ``slots``."""
+    return TensorSpec(name, (layers, 2, 1, kv_heads, capacity, head_dim), write=(4, "slots") if written else None)
 
 
 def lm_graphs(model: CsmForConditionalGeneration, prompt_capacity: int, kv_capacity: int) -> list[Graph]:
@@ -277,9 +281,11 @@ def lm_graphs(model: CsmForConditionalGeneration, prompt_capacity: int, kv_capac
         raise ValueError(f"kv_capacity ({kv_capacity}) must be at least prompt_capacity ({prompt_capacity})")
     cfg, dcfg = model.config, model.config.depth_decoder_config
     k, v, d = cfg.num_codebooks, cfg.vocab_size, cfg.hidden_size
-    kv = _kv_spec("kv", cfg.num_hidden_layers, cfg.num_key_value_heads, kv_capacity, cfg.head_dim)
-    depth_kv = _kv_spec("depth_kv", dcfg.num_hidden_layers, dcfg.num_key_value_heads, k, dcfg.head_dim)
+    kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, kv_capacity, cfg.head_dim)
+    kv, kv_state = _kv_spec("kv", *kv_shape, written=False), _kv_spec("kv", *kv_shape, written=True)
+    depth_kv = _kv_spec("depth_kv", dcfg.num_hidden_layers, dcfg.num_key_value_heads, k, dcfg.head_dim, written=True)
     logits, hidden = TensorSpec("logits", (1, v)), TensorSpec("hidden", (1, d))
+    slots = TensorSpec("slots", (1,), "int64")
     prompt = torch.full((1, prompt_capacity), cfg.pad_token_id, dtype=torch.long)
     prompt[0, :4] = cfg.bos_token_id
     return [
@@ -294,15 +300,15 @@ def lm_graphs(model: CsmForConditionalGeneration, prompt_capacity: int, kv_capac
             "lm_step",
             LmStep(model).eval(),
             inputs=[TensorSpec("codes", (1, k), "int64"), TensorSpec("position", (1,), "int64")],
-            outputs=[logits, hidden],
-            state=[kv],
+            outputs=[logits, hidden, slots],
+            state=[kv_state],
             example_inputs=(torch.ones(1, k, dtype=torch.long), torch.tensor([4])),
         ),
         Graph(
             "depth_step",
             DepthStep(model).eval(),
             inputs=[hidden, TensorSpec("code", (1,), "int64"), TensorSpec("position", (1,), "int64")],
-            outputs=[logits],
+            outputs=[logits, slots],
             state=[depth_kv],
             example_inputs=(torch.randn(1, d), torch.tensor([1]), torch.tensor([1])),
         ),

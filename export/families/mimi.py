@@ -6,7 +6,8 @@ reverse, one call at a time, and each matches the reference run over the whole s
 - every causal convolution carries the last input samples it still needs (`StreamingConv1d`) and every
   transposed convolution the overlapping tail of its output (`StreamingConvTranspose1d`);
 - the sliding-window transformers keep their keys and values in a ring buffer of ``sliding_window``
-  slots and their absolute position in a state tensor (`StreamingTransformer`).
+  slots (written states: a call returns only its new slots) and their absolute position in a state
+  tensor (`StreamingTransformer`).
 
 All modules wrap the reference model's submodules, so the weights are shared, not copied; only the
 codebook tables (which the reference derives from its buffers and caches) are precomputed. States are
@@ -246,8 +247,10 @@ class StreamingTransformer(nn.Module):
     values (kv_heads, window, head_dim), in `kv_names` order; step ``p`` goes to slot ``p % window``.
     Slots not yet written or out of the window are masked by position, so the cache starts as zeros.
     One tensor per layer and kind, attention against the cache and against the new steps taken
-    separately, and one scatter of the new slots: each cache is read once and copied once per call
-    (onnxruntime has no views; a packed cache cost a split, a stack, a concatenation and a full `where`).
+    separately. The caches are written states (`edge.runtime.state`): a call returns only this call's keys
+    and values and the slots they go to, and the runtime writes them in place, so a call reads each cache
+    once and copies none (returning whole caches, written by a scatter, copied the real decoder's 16 MB of
+    caches on every frame).
     """
 
     def __init__(self, model: MimiTransformerModel) -> None:
@@ -266,10 +269,17 @@ class StreamingTransformer(nn.Module):
         self.kv_shapes: list[Shape] = [(self.kv_heads, self.head_dim, self.window),
                                        (self.kv_heads, self.window, self.head_dim)] * len(self.layers)
 
+    def kv_specs(self, prefix: str, slots: str) -> list[TensorSpec]:
+        """The caches as written states: keys take new entries along axis 2, values along axis 1, at `slots`."""
+        return [TensorSpec(f"{prefix}{n}", shape, write=(2 if n[0] == "k" else 1, slots))
+                for n, shape in zip(self.kv_names, self.kv_shapes, strict=True)]
+
     def forward(
         self, x: torch.Tensor, kv: States, pos: torch.Tensor
-    ) -> tuple[torch.Tensor, States, torch.Tensor]:
-        """x (1, T, hidden) at positions pos..pos+T-1 (T <= window) -> (y, kv, pos + T)."""
+    ) -> tuple[torch.Tensor, States, torch.Tensor, torch.Tensor]:
+        """x (1, T, hidden) at positions pos..pos+T-1 (T <= window) -> (y, new entries, pos + T, slots): per
+        cache in `kv_names` order, this call's keys (kv_heads, head_dim, T) or values (kv_heads, T, head_dim),
+        which go to ring slots `slots` (T,)."""
         t, w = x.shape[1], self.window
         q_pos = pos + torch.arange(t)  # (T,)
         slots = torch.arange(w)
@@ -281,9 +291,6 @@ class StreamingTransformer(nn.Module):
         causal = torch.ones(t, t, dtype=torch.bool).tril()  # new steps: each sees itself and those before
         groups = self.heads // self.kv_heads
         mask = torch.cat([cached, causal], dim=-1).repeat(groups, 1)  # (groups * T, W + T), rows as queries
-        write = torch.remainder(q_pos, w)  # this call's slots
-        k_slots = write.expand(self.kv_heads, self.head_dim, t)
-        v_slots = write[:, None].expand(self.kv_heads, t, self.head_dim)
 
         freqs = q_pos.float()[:, None] * self.rotary.inv_freq[None, :].float()
         emb = torch.cat([freqs, freqs], dim=-1)[None]
@@ -292,10 +299,9 @@ class StreamingTransformer(nn.Module):
 
         new_kv: States = []
         for i, layer in enumerate(self.layers):
-            k_cache, v_cache = kv[2 * i], kv[2 * i + 1]
-            x, k, v = self._layer(layer, x, cos, sin, k_cache, v_cache, mask)
-            new_kv += [k_cache.scatter(2, k_slots, k), v_cache.scatter(1, v_slots, v)]
-        return x, new_kv, pos + t
+            x, k, v = self._layer(layer, x, cos, sin, kv[2 * i], kv[2 * i + 1], mask)
+            new_kv += [k, v]
+        return x, new_kv, pos + t, torch.remainder(q_pos, w)
 
     def _layer(
         self,
@@ -420,8 +426,9 @@ class MimiDecoderGraph(nn.Module):
     """codes (1, K, F) -> audio (1, 1, F * samples_per_frame), streaming (graph ``codec_decoder``).
 
     Path: dequantize -> upsample (transposed conv) -> decoder transformer -> SEANet decoder.
-    State, in order: ``dec.up``, ``dec.k{i}`` / ``dec.v{i}`` per transformer layer, ``dec.pos``, then
-    ``dec.conv{i}`` for each SEANet conv tail.
+    Outputs: ``audio``, then ``dec.slots``, the ring slots this call's keys and values go to. State, in
+    order: ``dec.up``, ``dec.k{i}`` / ``dec.v{i}`` per transformer layer (written at ``dec.slots``),
+    ``dec.pos``, then ``dec.conv{i}`` for each SEANet conv tail.
     """
 
     def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
@@ -438,8 +445,7 @@ class MimiDecoderGraph(nn.Module):
         up = [] if self.upsample is None else [TensorSpec("dec.up", self.upsample.state_shapes[0])]
         return [
             *up,
-            *(TensorSpec(f"dec.{n}", s) for n, s in zip(self.transformer.kv_names, self.transformer.kv_shapes,
-                                                         strict=True)),
+            *self.transformer.kv_specs("dec.", "dec.slots"),
             TensorSpec("dec.pos", (1,), "int64"),
             *(TensorSpec(f"dec.conv{i}", s) for i, s in enumerate(self.seanet.state_shapes)),
         ]
@@ -451,17 +457,18 @@ class MimiDecoderGraph(nn.Module):
         x = self.quantizer.decode(codes)
         if self.upsample is not None:
             x, up = self.upsample(x, up)
-        x, kv, pos = self.transformer(x.transpose(1, 2), kv, pos)
+        x, kv, pos, slots = self.transformer(x.transpose(1, 2), kv, pos)
         audio, convs = self.seanet(x.transpose(1, 2), convs)
-        return (audio, *up, *kv, pos, *convs)
+        return (audio, slots, *up, *kv, pos, *convs)
 
 
 class MimiEncoderGraph(nn.Module):
     """audio (1, 1, F * samples_per_frame) -> codes (1, K, F) int64, streaming (graph ``codec_encoder``).
 
     Path: SEANet encoder -> encoder transformer -> downsample (strided conv) -> quantize.
-    State, in order: ``enc.conv{i}`` for each SEANet conv tail, ``enc.k{i}`` / ``enc.v{i}`` per transformer
-    layer, ``enc.pos``, ``enc.down``.
+    Outputs: ``codes``, then ``enc.slots`` (the ring slots of this call's keys and values). State, in order:
+    ``enc.conv{i}`` for each SEANet conv tail, ``enc.k{i}`` / ``enc.v{i}`` per transformer layer (written at
+    ``enc.slots``), ``enc.pos``, ``enc.down``.
     """
 
     def __init__(self, codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> None:
@@ -484,15 +491,14 @@ class MimiEncoderGraph(nn.Module):
         )
         return [
             *(TensorSpec(f"enc.conv{i}", s) for i, s in enumerate(self.seanet.state_shapes)),
-            *(TensorSpec(f"enc.{n}", s) for n, s in zip(self.transformer.kv_names, self.transformer.kv_shapes,
-                                                         strict=True)),
+            *self.transformer.kv_specs("enc.", "enc.slots"),
             TensorSpec("enc.pos", (1,), "int64"),
             *down,
         ]
 
     def forward(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        latents, *state = self.latents(audio, *state)
-        return (self.quantizer.encode(latents), *state)
+        latents, *rest = self.latents(audio, *state)
+        return (self.quantizer.encode(latents), *rest)
 
     def latents(self, audio: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """As `forward`, but returns the latents (1, hidden, F) before quantization."""
@@ -500,12 +506,12 @@ class MimiEncoderGraph(nn.Module):
         n_kv = len(self.transformer.kv_names)
         convs, kv, (pos,), down = _split(state, [len(self.seanet.state_shapes), n_kv, 1, n_down])
         x, convs = self.seanet(audio, convs)
-        y, kv, new_pos = self.transformer(x.transpose(1, 2), kv, pos)
+        y, kv, new_pos, slots = self.transformer(x.transpose(1, 2), kv, pos)
         latents = y.transpose(1, 2)
         if self.downsample is not None:
             # The reference pads the downsampling conv with copies of its first input ("replicate").
             latents, down = self.downsample(latents, down, first=pos == 0)
-        return (latents, *convs, *kv, new_pos, *down)
+        return (latents, slots, *convs, *kv, new_pos, *down)
 
 
 def codec_graphs(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1) -> list[Graph]:
@@ -513,6 +519,7 @@ def codec_graphs(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1)
     config = codec.config
     k, f = num_codebooks, frames_per_call
     n = samples_per_frame(config) * f
+    steps = n // math.prod(config.upsampling_ratios)  # transformer steps per call
     graphs = []
     if codec.encoder is not None:
         enc = MimiEncoderGraph(codec, k, f).eval()
@@ -521,7 +528,7 @@ def codec_graphs(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1)
                 "codec_encoder",
                 enc,
                 inputs=[TensorSpec("audio", (1, 1, n))],
-                outputs=[TensorSpec("codes", (1, k, f), "int64")],
+                outputs=[TensorSpec("codes", (1, k, f), "int64"), TensorSpec("enc.slots", (steps,), "int64")],
                 state=enc.state_specs(),
                 example_inputs=(0.1 * torch.randn(1, 1, n),),
             )
@@ -533,7 +540,7 @@ def codec_graphs(codec: MimiModel, num_codebooks: int, frames_per_call: int = 1)
                 "codec_decoder",
                 dec,
                 inputs=[TensorSpec("codes", (1, k, f), "int64")],
-                outputs=[TensorSpec("audio", (1, 1, n))],
+                outputs=[TensorSpec("audio", (1, 1, n)), TensorSpec("dec.slots", (steps,), "int64")],
                 state=dec.state_specs(),
                 example_inputs=(torch.randint(0, config.codebook_size, (1, k, f)),),
             )

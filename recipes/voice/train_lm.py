@@ -31,10 +31,10 @@ from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.common import (
     TrainLog,
     batch_generator,
+    copy_checkpoint,
     load_audio,
     load_checkpoint,
     load_codec,
-    copy_checkpoint,
     save_run,
     set_learning_rate,
     setup,
