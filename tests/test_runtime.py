@@ -66,6 +66,27 @@ def test_chunks_arrive_one_frame_at_a_time(tiny_bundle):
     assert stream.stats.stopped_by in ("eos", "max_frames")
 
 
+def test_streams_of_one_voice_keep_their_own_state(tiny_bundle, greedy_runs):
+    """The runtime writes KV caches in place: two streams of one voice side by side, and a stream that reuses
+    a finished one's (pooled) state, each give what a fresh voice gives."""
+    voice = Voice.load(tiny_bundle, "onnx")
+    other = "A second sentence, longer than the first one."
+    ref_other = np.concatenate(list(Voice.load(tiny_bundle, "onnx").stream(other, sampling=GREEDY,
+                                                                          max_seconds=2.0)))
+    a = voice.stream(TEXT, sampling=GREEDY, max_seconds=2.0)
+    b = voice.stream(other, sampling=GREEDY, max_seconds=2.0)
+    chunks: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+    for ca, cb in zip(a, b, strict=False):  # alternate chunk by chunk
+        chunks["a"].append(ca)
+        chunks["b"].append(cb)
+    chunks["a"] += list(a)
+    chunks["b"] += list(b)
+    np.testing.assert_array_equal(np.concatenate(chunks["a"]), greedy_runs["onnx"][1])
+    np.testing.assert_array_equal(np.concatenate(chunks["b"]), ref_other)
+    again = np.concatenate(list(voice.stream(TEXT, sampling=GREEDY, max_seconds=2.0)))  # pooled state, reset
+    np.testing.assert_array_equal(again, greedy_runs["onnx"][1])
+
+
 def test_stream_equals_wav(tiny_bundle, tmp_path):
     wav_path = tmp_path / "out.wav"
     r = edge_cli("speak", TEXT, "--bundle", str(tiny_bundle), "--stream", "--out", str(wav_path),
