@@ -154,6 +154,10 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
     shipped = ship.ship(ckpt, codec_runs[1], tmp_path / "edge-voice")  # the same codec, resumed: equal weights
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors", "training.json"]
     assert json.loads((shipped / "training.json").read_text())["lm"]["steps"] == 3
+    # A new LM with the codec of a shipped voice: the codec's record is kept from that voice.
+    again = json.loads((ship.ship(ckpt.parent / "best", shipped, tmp_path / "again") / "training.json").read_text())
+    assert again["codec"] == json.loads((shipped / "training.json").read_text())["codec"]
+    assert again["lm"]["steps"] == best
     bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=shipped)
     assert bundle.manifest["tokenizer"]["kind"] == "bytes"
     audio, stats = Voice(bundle).synthesize("Hi there.", sampling=SamplingConfig(temperature=0), max_seconds=0.4)

@@ -1,6 +1,7 @@
 """Ship a trained voice: the LM checkpoint with the final codec inside, into the package as `edge-voice`.
 
     python -m recipes.voice.ship --lm runs/lm/last --codec runs/codec/last
+    python -m recipes.voice.ship --lm runs/lm/best --codec edge/voices/edge-voice   # new LM, shipped codec
 
 The LM learnt the codes of the codec's encoder and codebooks, which the codec's second phase freezes, so the
 LM can train while the codec's decoder still does; shipping puts the latest decoder in (and refuses a codec
@@ -42,6 +43,9 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     runs = {}
     for role, ckpt in (("codec", codec), ("lm", lm)):
+        if not (ckpt / "state.json").is_file() and (ckpt / "training.json").is_file():
+            runs[role] = json.loads((ckpt / "training.json").read_text())[role]  # a shipped voice's part, kept
+            continue
         state = json.loads((ckpt / "state.json").read_text())
         runs[role] = {"steps": state["step"], "minutes": round(state["seconds"] / 60, 1), "args": state["args"]}
     (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
