@@ -3,6 +3,7 @@
     python benchmarks/probes.py heads [--recipe int8|int4]   # ExecuTorch depth_step: how the codebook heads run
     python benchmarks/probes.py elu                          # onnxruntime Elu against its vectorised rewrite
     python benchmarks/probes.py caches [--recipe int8|fp32]  # Mimi decoder: KV caches written by graph or runtime
+    python benchmarks/probes.py int4                         # ExecuTorch lm_step: int4 per group of 32 or per channel
 
 - heads: csm-medium's `depth_step` quantized for ExecuTorch three ways (all heads as one linear, edge's
   default; one gathered head dequantized in the graph; one gathered fp32 head), timed interleaved, 32 calls
@@ -10,7 +11,9 @@
 - elu: an `Elu` graph against `export.onnx.vectorise_elu`'s rewrite of it on a Mimi-decoder-sized tensor;
 - caches: csm-medium's real-config Mimi `codec_decoder` on onnxruntime with its KV caches as written states
   (the graph returns the new slots, the runtime writes them: edge's contract) against the same graph wrapped
-  to return every cache whole through a scatter (the contract before), frame by frame, interleaved.
+  to return every cache whole through a scatter (the contract before), frame by frame, interleaved;
+- int4: csm-medium's `lm_step` for ExecuTorch with torchao 8da4w weights per group of 32 (edge's default) and
+  per output channel, timed interleaved, with each one's hidden-state error against fp32.
 """
 
 from __future__ import annotations
@@ -181,6 +184,49 @@ def caches(recipe: str, frames: int, rounds: int) -> None:
     print(f"max abs difference of {frames} decoded frames: {float(np.abs(a - b).max()):.1e}")
 
 
+def int4(rounds: int) -> None:
+    import numpy as np
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerAxis, PerGroup, quantize_
+
+    import edge.quantize.executorch as qe
+    from edge.export.families import get_family
+    from edge.presets import get_preset
+    from edge.runtime.sessions import ExecutorchSession
+
+    preset = get_preset("csm-medium")
+    family = get_family(preset.family)
+    graphs, manifest = family.graphs(family.build_reference(preset.config, preset.seed), preset.options)
+    graph = next(g for g in graphs if g.name == "lm_step")
+    spec, default_int4 = graph.to_json(), qe._int4
+    sessions, sizes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, granularity in {"per group of 32 (default)": PerGroup(32), "per channel": PerAxis(0)}.items():
+            def int4_linears(module, args, group, notes, granularity=granularity):
+                config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=granularity)
+                quantize_(module, config, filter_fn=lambda m, _: isinstance(m, torch.nn.Linear))
+                return qe._export(module, args)
+
+            qe._int4 = int4_linears
+            try:
+                path = Path(tmp) / f"{len(sessions)}.pte"
+                qe.quantize_graph(graph, "int4", 32, path)
+            finally:
+                qe._int4 = default_int4
+            sessions[name], sizes[name] = ExecutorchSession(str(path), spec), path.stat().st_size
+        rng = np.random.default_rng(0)
+        feeds = {"codes": np.ones((1, manifest["num_codebooks"]), np.int64), "position": np.array([200]),
+                 "kv": (0.5 * rng.standard_normal(spec["state"][0]["shape"])).astype(np.float32)}
+        with torch.no_grad():
+            want = graph.module(*(torch.from_numpy(feeds[n]) for n in ("codes", "position", "kv")))[1].numpy()
+        errors = {name: float(np.linalg.norm(s.run(feeds)["hidden"] - want) / np.linalg.norm(want))
+                  for name, s in sessions.items()}
+        medians = _interleaved({name: (lambda s=s: s.run(feeds)) for name, s in sessions.items()}, rounds)
+    for name, seconds in medians.items():
+        print(f"int4 {name}: {1000 * seconds:.2f} ms per lm_step call, program {sizes[name] / 1e6:.0f} MB, "
+              f"hidden-state error against fp32 {errors[name]:.3f} (relative L2)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="probe", required=True)
@@ -193,8 +239,12 @@ def main() -> None:
     c.add_argument("--recipe", choices=("int8", "fp32"), default="int8")
     c.add_argument("--frames", type=int, default=12)
     c.add_argument("--rounds", type=int, default=15)
+    i = sub.add_parser("int4", help="ExecuTorch lm_step: int4 weights per group of 32 or per channel")
+    i.add_argument("--rounds", type=int, default=60)
     args = ap.parse_args()
-    if args.probe == "heads":
+    if args.probe == "int4":
+        int4(args.rounds)
+    elif args.probe == "heads":
         heads(args.recipe, args.rounds)
     elif args.probe == "caches":
         caches(args.recipe, args.frames, args.rounds)
