@@ -2,16 +2,18 @@
 
     python benchmarks/probes.py heads [--recipe int8|int4]   # ExecuTorch depth_step: how the codebook heads run
     python benchmarks/probes.py elu                          # onnxruntime Elu against its vectorised rewrite
-    python benchmarks/probes.py caches [--recipe int8|fp32]  # Mimi decoder: KV caches written by graph or runtime
+    python benchmarks/probes.py caches [--graph codec_decoder|lm_step|depth_step] [--recipe int8|int4|fp32]
+                                                             # KV caches written by the runtime or the graph
     python benchmarks/probes.py int4                         # ExecuTorch lm_step: int4 per group of 32 or per channel
 
 - heads: csm-medium's `depth_step` quantized for ExecuTorch three ways (all heads as one linear, edge's
   default; one gathered head dequantized in the graph; one gathered fp32 head), timed interleaved, 32 calls
   per frame (as the loop makes them), with each program's size;
 - elu: an `Elu` graph against `export.onnx.vectorise_elu`'s rewrite of it on a Mimi-decoder-sized tensor;
-- caches: csm-medium's real-config Mimi `codec_decoder` on onnxruntime with its KV caches as written states
-  (the graph returns the new slots, the runtime writes them: edge's contract) against the same graph wrapped
-  to return every cache whole through a scatter (the contract before), frame by frame, interleaved;
+- caches: one of csm-medium's graphs (default its real-config Mimi `codec_decoder`) on onnxruntime with its KV
+  caches as written states (the graph returns the new slots, the runtime writes them: edge's contract) against
+  the same graph wrapped to return every cache whole through a scatter (the contract before), call after call
+  from the zero state, interleaved;
 - int4: csm-medium's `lm_step` for ExecuTorch with torchao 8da4w weights per group of 32 (edge's default) and
   per output channel, timed interleaved, with each one's hidden-state error against fp32.
 """
@@ -119,7 +121,7 @@ def elu(rounds: int) -> None:
     print(f"max abs difference {float(np.abs(ref - out).max()):.1e}")
 
 
-def caches(recipe: str, frames: int, rounds: int) -> None:
+def caches(graph_name: str, recipe: str, calls: int, rounds: int) -> None:
     import dataclasses
 
     import numpy as np
@@ -130,58 +132,63 @@ def caches(recipe: str, frames: int, rounds: int) -> None:
     from edge.export.onnx import export_onnx
     from edge.presets import get_preset
     from edge.quantize.onnx import quantize_file
-    from edge.runtime.loop import FrameDecoder
     from edge.runtime.sessions import OnnxSession
+    from edge.runtime.state import State
 
     preset = get_preset("csm-medium")
     family = get_family(preset.family)
-    model = family.build_reference(preset.config, preset.seed)
-    graphs, manifest = family.graphs(model, preset.options)
-    written = next(g for g in graphs if g.name == "codec_decoder")
+    graphs, _ = family.graphs(family.build_reference(preset.config, preset.seed), preset.options)
+    written = next(g for g in graphs if g.name == graph_name)
+    indices = {s.write[1] for s in written.state if s.write is not None}
+    kept = [i for i, s in enumerate(written.outputs) if s.name not in indices]
 
     class WholeCaches(torch.nn.Module):
-        """The decoder returning each cache whole, its new slots written by a scatter inside the graph."""
+        """The graph returning each cache whole, its new entries written by a scatter inside the graph."""
 
         def __init__(self) -> None:
             super().__init__()
             self.inner = written.module
 
-        def forward(self, codes: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            audio, slots, *new = self.inner(codes, *state)
-            out = []
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            outs = self.inner(*args)
+            named = dict(zip([s.name for s in written.outputs], outs, strict=False))
+            state, new = args[len(written.inputs):], outs[len(written.outputs):]
+            out = [outs[i] for i in kept]
             for spec, old, n in zip(written.state, state, new, strict=True):
                 if spec.write is None:
                     out.append(n)
                     continue
+                axis, index = spec.write
                 shape = [1] * n.dim()
-                shape[spec.write[0]] = -1
-                out.append(old.scatter(spec.write[0], slots.view(shape).expand(n.shape), n))
-            return (audio, *out)
+                shape[axis] = -1
+                out.append(old.scatter(axis, named[index].view(shape).expand(n.shape), n))
+            return tuple(out)
 
-    whole = Graph("codec_decoder", WholeCaches().eval(), written.inputs, written.outputs[:1],
+    whole = Graph(graph_name, WholeCaches().eval(), written.inputs, [written.outputs[i] for i in kept],
                   [dataclasses.replace(s, write=None) for s in written.state], written.example_inputs)
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, manifest["codebook_size"], (frames, manifest["num_codebooks"])).tolist()
-    decoders, audio = {}, {}
+    inputs = {s.name: t.numpy() for s, t in zip(written.inputs, written.example_inputs, strict=True)}
+    runs, firsts = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, g in {"caches written by the runtime (edge)": written, "caches returned whole": whole}.items():
-            path = Path(tmp) / f"{len(decoders)}.onnx"
+            path = Path(tmp) / f"{len(runs)}.onnx"
             export_onnx(g, path)
             if recipe != "fp32":
                 quantize_file(path, path.with_suffix(".q.onnx"), recipe, 32)
                 path = path.with_suffix(".q.onnx")
-            session = OnnxSession(str(path), g.to_json())
-            decoders[name] = FrameDecoder(manifest, g.to_json(), session.run)
-            audio[name] = np.concatenate([decoders[name]([c]) for c in codes])  # also the warm-up
+            session, state = OnnxSession(str(path), g.to_json()), State(g.to_json()["state"])
 
-        def run(decode: FrameDecoder) -> Callable[[], None]:
-            return lambda: [decode([c]) for c in codes]
+            def run(session=session, state=state) -> np.ndarray:
+                for _ in range(calls):
+                    out = session.run({**inputs, **state.feeds()})
+                    state.update(out)
+                return out[written.outputs[0].name]  # a regular output, first in both variants
 
-        medians = _interleaved({name: run(d) for name, d in decoders.items()}, rounds)
+            runs[name], firsts[name] = run, run()  # `calls` calls from zero state: also the warm-up
+        medians = _interleaved(runs, rounds)
     for name, seconds in medians.items():
-        print(f"{recipe} {name}: {1000 * seconds / frames:.2f} ms per 80 ms frame")
-    a, b = audio.values()
-    print(f"max abs difference of {frames} decoded frames: {float(np.abs(a - b).max()):.1e}")
+        print(f"{graph_name} {recipe} {name}: {1000 * seconds / calls:.2f} ms per call")
+    a, b = firsts.values()
+    print(f"max abs difference of the first output after {calls} calls: {float(np.abs(a - b).max()):.1e}")
 
 
 def int4(rounds: int) -> None:
@@ -235,9 +242,10 @@ def main() -> None:
     h.add_argument("--rounds", type=int, default=7)
     e = sub.add_parser("elu", help="onnxruntime Elu against its vectorised rewrite")
     e.add_argument("--rounds", type=int, default=200)
-    c = sub.add_parser("caches", help="Mimi decoder: KV caches written by the runtime or returned whole")
-    c.add_argument("--recipe", choices=("int8", "fp32"), default="int8")
-    c.add_argument("--frames", type=int, default=12)
+    c = sub.add_parser("caches", help="a graph's KV caches written by the runtime or returned whole")
+    c.add_argument("--graph", choices=("codec_decoder", "lm_step", "depth_step"), default="codec_decoder")
+    c.add_argument("--recipe", choices=("int8", "int4", "fp32"), default="int8")
+    c.add_argument("--calls", type=int, default=12)
     c.add_argument("--rounds", type=int, default=15)
     i = sub.add_parser("int4", help="ExecuTorch lm_step: int4 weights per group of 32 or per channel")
     i.add_argument("--rounds", type=int, default=60)
@@ -247,7 +255,7 @@ def main() -> None:
     elif args.probe == "heads":
         heads(args.recipe, args.rounds)
     elif args.probe == "caches":
-        caches(args.recipe, args.frames, args.rounds)
+        caches(args.graph, args.recipe, args.calls, args.rounds)
     else:
         elu(args.rounds)
 
