@@ -217,7 +217,10 @@ def inspect(
               f"backends {', '.join(bundle.backends())}: OK (all sha256 match)")
     out.print(", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, (dict, list))))
     table = Table("graph", "recipe", "bytes", "inputs", "outputs", "state")
-    fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in ts)  # noqa: E731
+    # A written state (a KV cache) shows where a call's new entries go: "written at <index output>[axis]".
+    fmt = lambda ts: "\n".join(  # noqa: E731
+        f"{t['name']} {t['dtype']}{t['shape']}"
+        + (f" written at {t['write']['index']}[axis {t['write']['axis']}]" if t.get("write") else "") for t in ts)
     for name, g in summary["graphs"].items():
         sizes = "\n".join(f"{b}: {n:,}" for b, n in g["bytes"].items())
         table.add_row(name, g["recipe"], sizes, fmt(g["inputs"]), fmt(g["outputs"]), fmt(g["state"]))
