@@ -67,7 +67,7 @@ def _teacher_forced(ref_voice, q_voice, tokens: list[int], codes: list[list[int]
     kvs = [State(graphs["lm_step"]["state"]) for _ in range(2)]
     states = [State(graphs["depth_step"]["state"]) for _ in range(2)]
     for kv, out in zip(kvs, outs, strict=True):
-        kv.set("kv", out["kv"])
+        kv.reset({"kv": out["kv"]})
     for f, frame in enumerate(codes):
         lm.add(outs[0]["logits"], outs[1]["logits"])
         for p in range(len(frame)):

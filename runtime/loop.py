@@ -79,19 +79,22 @@ class _Timed:
 
 
 class StatePool:
-    """The `State`s of one graph, kept for reuse: a stream takes one (zeroed) and gives it back when it ends, so
-    starting a stream allocates nothing and faults in no fresh pages (the real Mimi decoder's caches are 8 MB).
-    Streams running side by side each get their own."""
+    """The `State`s of one graph, kept for reuse: a stream takes one (reset to zeros or to `start`) and gives it
+    back when it ends, so starting a stream allocates nothing and faults in no fresh pages (the real Mimi
+    decoder's caches are 8 MB). Streams running side by side each get their own."""
 
     def __init__(self, spec: dict):
         self.specs, self.zeros = spec["state"], zero_state(spec["state"])
         self._free: list[State] = []
 
-    def take(self) -> State:
+    def take(self, start: dict[str, np.ndarray] | None = None) -> State:
         if not self._free:
-            return State(self.specs, self.zeros)
+            state = State(self.specs, self.zeros)  # zeros already
+            if start:
+                state.reset(start)
+            return state
         state = self._free.pop()
-        state.reset()
+        state.reset(start)
         return state
 
     def give(self, state: State) -> None:
@@ -196,7 +199,7 @@ class Voice:
 
     def _run(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream,
              prepared: float) -> Iterator[np.ndarray]:
-        states = {g: pool.take() for g, pool in self._pools.items()}
+        states: dict[str, State] = {}  # taken from the pools by `_frames` as it starts each graph
         try:
             yield from self._frames(tokens, sample, max_seconds, stream, prepared, states)
         finally:  # also when the caller stops early: the generator is closed
@@ -218,9 +221,10 @@ class Voice:
         padded = self._prompt
         padded[0, : len(tokens)] = tokens
         padded[0, len(tokens) :] = m["text_pad_token"]
+        depth = states["depth_step"] = self._pools["depth_step"].take()
+        states["codec_decoder"] = self._pools["codec_decoder"].take()
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
-        kv, depth = states["lm_step"], states["depth_step"]
-        kv.set("kv", out["kv"])
+        kv = states["lm_step"] = self._pools["lm_step"].take({"kv": out["kv"]})  # the cache lm_prefill filled
         prefilled = time.perf_counter()
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k

@@ -29,29 +29,27 @@ class State:
     """The state tensors of one graph for one stream: `feeds` goes into a call, `update` takes its outputs.
 
     Carried tensors start as `zeros` (shared between streams: they are only ever replaced, never written);
-    written ones are this object's own arrays, allocated once and zeroed by `reset`, so a `State` can be
+    written ones are this object's own arrays, allocated (as zeros) once, so a `State` can be `reset` and
     reused stream after stream without allocating.
     """
 
     def __init__(self, specs: list[dict], zeros: dict[str, np.ndarray] | None = None):
         self.specs = specs
-        self._zeros = zeros if zeros is not None else {s["name"]: _zeros(s) for s in specs if not s.get("write")}
+        self._zeros = zeros if zeros is not None else zero_state(specs)
         self._owned = {s["name"]: _zeros(s) for s in specs if s.get("write")}
-        self.arrays: dict[str, np.ndarray] = {}
-        self.reset()
+        self.arrays = {s["name"]: self._owned.get(s["name"], self._zeros.get(s["name"])) for s in specs}
 
-    def reset(self) -> None:
-        """Back to the all-zero starting state."""
-        for a in self._owned.values():
-            a.fill(0)
-        self.arrays = {s["name"]: self._owned.get(s["name"], self._zeros.get(s["name"])) for s in self.specs}
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        """Start state `name` from `value` (another graph's output, e.g. `lm_prefill`'s KV cache)."""
-        if name in self._owned:
-            np.copyto(self._owned[name], value)
-        else:
-            self.arrays[name] = value
+    def reset(self, start: dict[str, np.ndarray] | None = None) -> None:
+        """Back to a starting state: the tensors `start` names from its arrays (another graph's output, e.g.
+        `lm_prefill`'s KV cache, copied into a written state), all others zero. Each array is written once."""
+        start = start or {}
+        for name, a in self._owned.items():
+            if name in start:
+                np.copyto(a, start[name])
+            else:
+                a.fill(0)
+        self.arrays = {s["name"]: self._owned.get(s["name"], start.get(s["name"], self._zeros.get(s["name"])))
+                       for s in self.specs}
 
     def feeds(self) -> dict[str, np.ndarray]:
         return self.arrays

@@ -80,7 +80,7 @@ def greedy_generate(
     tokens, length = padded(ids)
     logits, hidden, kv = graphs["lm_prefill"].module(tokens, length)
     step = GraphRunner(graphs["lm_step"])
-    step.state.set("kv", kv.numpy())
+    step.state.reset({"kv": kv.numpy()})
     position = int(length)
     frames = []
     for _ in range(max_frames):
@@ -139,7 +139,7 @@ def test_step_matches_hf(model: CsmForConditionalGeneration, graphs: dict[str, G
     cache = ref.past_key_values
     _, _, kv = graphs["lm_prefill"].module(*padded(ids))
     step = GraphRunner(graphs["lm_step"])
-    step.state.set("kv", kv.numpy())
+    step.state.reset({"kv": kv.numpy()})
     gen = torch.Generator().manual_seed(1)
     errs = []
     for frame in range(4):

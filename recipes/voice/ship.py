@@ -48,9 +48,9 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
             continue
         state = json.loads((ckpt / "state.json").read_text())
         runs[role] = {"steps": state["step"], "minutes": round(state["seconds"] / 60, 1), "args": state["args"]}
-        init = Path(state["args"].get("init") or "") / "training.json"
-        if state["args"].get("init") and init.is_file():  # trained on from a shipped voice: keep what trained that
-            runs[role]["init_training"] = json.loads(init.read_text()).get(role)
+        init = state["args"].get("init")
+        if init and (Path(init) / "training.json").is_file():  # trained on from a shipped voice: keep what trained it
+            runs[role]["init_training"] = json.loads((Path(init) / "training.json").read_text()).get(role)
     (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
     for extra in set(p.name for p in tmp.iterdir()) - {*FILES, "training.json"}:
         (tmp / extra).unlink()  # e.g. generation_config.json: the preset needs only the weights and config

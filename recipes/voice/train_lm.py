@@ -114,8 +114,8 @@ def dev_loss(model: CsmForConditionalGeneration, prompts: list[list[int]], codes
 
 def best_dev(train_log: TrainLog) -> float:
     """The lowest dev loss (backbone + depth) a run has logged so far (inf if none): a resumed run keeps its best."""
-    records = train_log.records() if train_log.path.is_file() else []
-    return min((r["dev_backbone"] + r["dev_depth"] for r in records if "dev_backbone" in r), default=float("inf"))
+    return min((r["dev_backbone"] + r["dev_depth"] for r in train_log.records() if "dev_backbone" in r),
+               default=float("inf"))
 
 
 def train(args: argparse.Namespace) -> Path:
