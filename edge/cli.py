@@ -133,6 +133,7 @@ def _summary(bundle) -> dict:
         "format_version": bundle.manifest["format_version"],
         "backends": bundle.backends(),
         "model": bundle.model,
+        "sampling": bundle.manifest.get("sampling", {}),
         "graphs": {
             name: {**g, "bytes": {b: bundle.file_bytes(name, b) for b in g["files"]}}
             for name, g in bundle.graphs.items()
@@ -216,6 +217,9 @@ def inspect(
     out.print(f"[bold]{bundle.root}[/]: {bundle.family} / {summary['preset']}, format {summary['format_version']}, "
               f"backends {', '.join(bundle.backends())}: OK (all sha256 match)")
     out.print(", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, (dict, list))))
+    if summary["sampling"]:
+        out.print("recommended sampling (speak's default): "
+                  + ", ".join(f"{k}={v}" for k, v in summary["sampling"].items()))
     table = Table("graph", "recipe", "bytes", "inputs", "outputs", "state")
     # A written state (a KV cache) shows where a call's new entries go: "written at <index output>[axis]".
     fmt = lambda ts: "\n".join(  # noqa: E731
@@ -240,9 +244,13 @@ def speak(
     ] = False,
     backend: Annotated[str, typer.Option(help="onnx, executorch or torch.")] = "onnx",
     speaker: Annotated[int, typer.Option(help="Speaker id.")] = 0,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.9,
-    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens; 0 = off.")] = 50,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 = off.")] = 1.0,
+    temperature: Annotated[float | None, typer.Option(
+        help="Sampling temperature; 0 = greedy. Default: what the voice recommends (edge inspect), else 0.9.",
+        show_default=False)] = None,
+    top_k: Annotated[int | None, typer.Option(
+        help="Keep the k most likely tokens; 0 = off. Default: the voice's, else 50.", show_default=False)] = None,
+    top_p: Annotated[float | None, typer.Option(
+        help="Nucleus sampling mass; 1 = off. Default: the voice's, else 1.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     max_seconds: Annotated[float, typer.Option(help="Stop after this much audio.")] = 10.0,
     threads: Annotated[int | None, typer.Option(

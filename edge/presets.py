@@ -104,6 +104,10 @@ MEDIUM_CSM: dict[str, Any] = {
 }
 
 
+# What export reads of a shipped checkpoint (training.json beside them is a record, not an input).
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "generation_config.json")
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -115,7 +119,8 @@ class Preset:
     # Export capacities: fixed shapes of the prompt and of the KV caches.
     options: dict[str, Any] = field(default_factory=dict)
     # Trained weights shipped inside the package: a Hugging Face checkpoint directory (config.json,
-    # model.safetensors) relative to this file. Export loads them unless --checkpoint says otherwise.
+    # model.safetensors, optionally generation_config.json) relative to this file. Export loads them unless
+    # --checkpoint says otherwise.
     weights: str | None = None
 
     @property
@@ -123,18 +128,22 @@ class Preset:
         return None if self.weights is None else Path(__file__).parent / self.weights
 
     def weights_digest(self) -> str:
-        """sha256 of the shipped weights ("" without): names the cached export, so new weights re-export."""
-        return "" if self.weights_dir is None else _digest(self.weights_dir / "model.safetensors")
+        """sha256 of the shipped checkpoint ("" without): names the cached export, so new weights (or new
+        recommended sampling) re-export."""
+        return "" if self.weights_dir is None else _digest(self.weights_dir)
 
 
 @cache
-def _digest(path: Path) -> str:
-    if not path.is_file():
-        raise EdgeError(f"the package's voice weights are missing ({path}); reinstall edge-codec-tts")
+def _digest(directory: Path) -> str:
+    if not (directory / "model.safetensors").is_file():
+        raise EdgeError(f"the package's voice weights are missing ({directory}); reinstall edge-codec-tts")
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for name in CHECKPOINT_FILES:
+        if (directory / name).is_file():
+            h.update(name.encode())
+            with (directory / name).open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()
 
 

@@ -18,6 +18,7 @@ import torch
 from edge.bundle import Bundle, BundleWriter
 from edge.errors import EdgeError
 from edge.export.families import get_family
+from edge.export.families.checkpoint import recommended_sampling
 from edge.export.graph import Graph
 from edge.presets import get_preset
 
@@ -124,6 +125,9 @@ def export_bundle(
             "export_options": opts,
             "graphs": manifest_graphs,
         }
+        sampling = recommended_sampling(checkpoint)
+        if sampling:
+            manifest["sampling"] = sampling
         if "torch" in backends:
             on_step("saving the eager reference (torch backend)")
             model.save_pretrained(writer.path("reference"), safe_serialization=True)

@@ -146,6 +146,8 @@ class Voice:
         self.model = bundle.model
         self.sample_rate: int = self.model["sample_rate"]
         self.tokenizer = load_tokenizer(bundle)
+        # What stream() samples with when not told: the voice's recommendation, else SamplingConfig's defaults.
+        self.sampling = SamplingConfig(**bundle.manifest.get("sampling", {})).validate()
         self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
                                       threads)
         # States and the prompt buffer are allocated once per voice, not per stream.
@@ -184,7 +186,7 @@ class Voice:
         """
         t = time.perf_counter()
         tokens = self._check(text, speaker, max_seconds)
-        sampler = Sampler(sampling or SamplingConfig())
+        sampler = Sampler(sampling or self.sampling)
         stats = Stats(backend=self.backend, prompt_tokens=len(tokens))
         stream = Stream(iter(()), stats)
         stream._chunks = self._run(tokens, sampler, max_seconds, stream, time.perf_counter() - t)

@@ -79,6 +79,13 @@ def test_schema_violation(bundle):
         load_bundle(bundle)
 
 
+@pytest.mark.parametrize("sampling", [{"temperature": -1}, {"top_p": 0}, {"beam": 4}])
+def test_recommended_sampling_is_checked(bundle, sampling):
+    _edit_manifest(bundle, lambda m: m.update(sampling=sampling))
+    with pytest.raises(EdgeError, match="invalid at sampling"):
+        load_bundle(bundle)
+
+
 @pytest.mark.parametrize("write", [{"axis": 1, "index": "y"}, {"axis": 1, "index": "nope"}, {"axis": 3, "index": "i"}])
 def test_written_state_must_point_at_an_int64_output(bundle, write):
     def edit(m):

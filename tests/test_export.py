@@ -14,6 +14,7 @@ import torch
 from edge.bundle import load_bundle
 from edge.errors import EdgeError
 from edge.export.build import export_bundle
+from edge.export.families.checkpoint import recommended_sampling
 from edge.export.families.csm import load_reference
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
@@ -73,6 +74,20 @@ def test_failed_export_leaves_nothing(tmp_path):
     with pytest.raises(EdgeError, match="must be larger"):
         export_bundle("csm-tiny", tmp_path / "b", ["onnx"], options={"prompt_capacity": 64, "kv_capacity": 32})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("config", "sampling"), [
+    ({"_from_model_config": True, "bos_token_id": 256}, {}),  # what transformers writes for every model
+    ({"do_sample": False}, {"temperature": 0.0}),
+    ({"do_sample": True, "temperature": 0.6, "top_k": 20}, {"temperature": 0.6, "top_k": 20}),
+])
+def test_recommended_sampling_comes_from_generation_config(tmp_path, config, sampling):
+    assert recommended_sampling(None) == {} and recommended_sampling(tmp_path) == {}
+    (tmp_path / "generation_config.json").write_text(json.dumps(config))
+    assert recommended_sampling(tmp_path) == sampling
+    (tmp_path / "generation_config.json").write_text("{oops")
+    with pytest.raises(EdgeError, match="generation_config.json is not valid JSON"):
+        recommended_sampling(tmp_path)
 
 
 def test_bad_checkpoints(tmp_path):

@@ -110,6 +110,21 @@ def test_speak_json_and_sampling_determinism(tiny_bundle, tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_flags_override_the_voices_recommended_sampling(tiny_bundle, tmp_path):
+    from edge.api import speak
+
+    greedy_voice = tmp_path / "greedy"
+    shutil.copytree(tiny_bundle, greedy_voice)
+    m = json.loads((greedy_voice / "manifest.json").read_text())
+    (greedy_voice / "manifest.json").write_text(json.dumps({**m, "sampling": {"temperature": 0.0}}))
+    assert Voice.load(tiny_bundle).sampling == SamplingConfig()  # no recommendation: the defaults
+    assert Voice.load(greedy_voice).sampling == GREEDY
+    chosen = speak(TEXT, greedy_voice, max_seconds=0.5)["sampling"]
+    assert chosen == {"temperature": 0.0, "top_k": 50, "top_p": 1.0, "seed": 0}
+    chosen = speak(TEXT, greedy_voice, temperature=0.8, top_k=5, seed=3, max_seconds=0.5)["sampling"]
+    assert chosen == {"temperature": 0.8, "top_k": 5, "top_p": 1.0, "seed": 3}
+
+
 def test_sampler():
     logits = np.array([0.0, 5.0, 1.0, -3.0])
     assert Sampler(GREEDY)(logits) == 1

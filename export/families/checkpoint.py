@@ -32,3 +32,22 @@ def load_pretrained(cls, directory: Path, architecture: str):
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgeError(f"cannot load checkpoint '{directory}': {first}") from None
+
+
+def recommended_sampling(directory: Path | None) -> dict[str, float | int]:
+    """The sampling a checkpoint recommends, from its ``generation_config.json`` (Hugging Face's place for it):
+    greedy (temperature 0) where it says ``do_sample: false``, else the temperature / top_k / top_p it sets.
+    Only what the file says explicitly: transformers writes one for every model, and its implicit default
+    (greedy) is no recommendation."""
+    path = None if directory is None else Path(directory) / "generation_config.json"
+    if path is None or not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeError(f"{path} is not valid JSON ({e.msg}); the checkpoint is corrupt") from None
+    if config.get("do_sample") is False:
+        return {"temperature": 0.0}
+    if config.get("do_sample") is not True:
+        return {}
+    return {k: config[k] for k in ("temperature", "top_k", "top_p") if config.get(k) is not None}

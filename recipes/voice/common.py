@@ -152,21 +152,48 @@ def trainer_parser(description: str, out: str, init_help: str, batch: int, warmu
     return ap
 
 
-def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Write a checkpoint directory atomically (a crash leaves the previous one intact)."""
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """An optimizer's per-parameter state as flat tensors ("<param index>.<name>") and its hyper-parameters."""
+    opt = optimizer.state_dict()
+    tensors = {f"{i}.{name}": value.contiguous() if torch.is_tensor(value) else torch.tensor(value)
+               for i, s in opt["state"].items() for name, value in s.items()}
+    return tensors, [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                       groups: list[dict[str, Any]]) -> None:
+    opt = optimizer.state_dict()
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = value
+    opt["state"] = per_param
+    for group, saved in zip(opt["param_groups"], groups, strict=True):
+        group.update(saved)
+    optimizer.load_state_dict(opt)
+
+
+Extras = dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
+
+
+def save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                    extras: Extras | None = None) -> None:
+    """Write a checkpoint directory atomically (a crash leaves the previous one intact). `extras` are other
+    trained modules with their optimizers (the codec's discriminator), saved as ``<name>.safetensors`` and
+    ``<name>_optimizer.safetensors``."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    tensors = {}
-    opt = optimizer.state_dict()
-    for i, s in opt["state"].items():
-        for name, value in s.items():
-            tensors[f"{i}.{name}"] = value.contiguous() if torch.is_tensor(value) else torch.tensor(value)
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+    tensors, groups = _optimizer_tensors(optimizer)
     save_file(tensors, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": hyper}, indent=2) + "\n")
+    state = {**state, "param_groups": groups}
+    for name, (module, opt) in (extras or {}).items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+        tensors, state[f"{name}_param_groups"] = _optimizer_tensors(opt)
+        save_file(tensors, tmp / f"{name}_optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     old = path.with_name(path.name + ".old")
     if path.exists():
         os.replace(path, old)
@@ -186,32 +213,30 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model weights and optimizer state saved by `save_checkpoint`; returns its state.json."""
+def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, extras: Extras | None = None
+                    ) -> dict[str, Any]:
+    """Restore model weights and optimizer state (and `extras`) saved by `save_checkpoint`; returns its
+    state.json."""
     from safetensors.torch import load_file
 
     # Through from_pretrained: transformers renames keys on save (e.g. Mimi's legacy names) and drops tied copies.
     saved = type(model).from_pretrained(path, use_safetensors=True)
     model.load_state_dict(saved.state_dict())
     state = json.loads((path / "state.json").read_text())
-    tensors = load_file(path / "optimizer.safetensors")
-    opt = optimizer.state_dict()
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        i, name = key.split(".", 1)
-        per_param.setdefault(int(i), {})[name] = value
-    opt["state"] = per_param
-    for group, saved in zip(opt["param_groups"], state["param_groups"], strict=True):
-        group.update(saved)
-    optimizer.load_state_dict(opt)
+    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["param_groups"])
+    for name, (module, opt) in (extras or {}).items():
+        if not (path / f"{name}.safetensors").is_file():
+            raise SystemExit(f"{path} has no {name} to resume; resume it with the options it was started with")
+        module.load_state_dict(load_file(path / f"{name}.safetensors"))
+        _restore_optimizer(opt, load_file(path / f"{name}_optimizer.safetensors"), state[f"{name}_param_groups"])
     return state
 
 
 def save_run(model, optimizer: torch.optim.Optimizer, ckpt: Path, step: int, seconds: float,
-             args: argparse.Namespace, train_log: TrainLog, title: str) -> None:
+             args: argparse.Namespace, train_log: TrainLog, title: str, extras: Extras | None = None) -> None:
     """Checkpoint a training run (weights, optimizer, step, its arguments) and redraw its loss curves."""
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    save_checkpoint(ckpt, model, optimizer, {"step": step, "seconds": round(seconds, 1), "args": run_args})
+    save_checkpoint(ckpt, model, optimizer, {"step": step, "seconds": round(seconds, 1), "args": run_args}, extras)
     train_log.plot(ckpt.parent / "loss.png", title)
     log.info("saved %s (step %d)", ckpt, step)
 

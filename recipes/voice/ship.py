@@ -25,10 +25,10 @@ from recipes.voice.common import load_codec, setup
 log = logging.getLogger("recipes.voice.ship")
 
 VOICE_DIR = Path(__file__).resolve().parents[2] / "edge" / "voices" / "edge-voice"
-FILES = ("config.json", "model.safetensors")
+FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
-def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
+def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0, top_k: int = 50) -> Path:
     import torch
     from transformers import CsmForConditionalGeneration
 
@@ -41,6 +41,10 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    # The sampling the voice recommends (edge speak's default for it), in Hugging Face's generation config.
+    sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature,
+                                                               "top_k": top_k}
+    (tmp / "generation_config.json").write_text(json.dumps(sampling, indent=2) + "\n")
     runs = {}
     for role, ckpt in (("codec", codec), ("lm", lm)):
         if not (ckpt / "state.json").is_file() and (ckpt / "training.json").is_file():
@@ -53,7 +57,7 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR) -> Path:
             runs[role]["init_training"] = json.loads((Path(init) / "training.json").read_text()).get(role)
     (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
     for extra in set(p.name for p in tmp.iterdir()) - {*FILES, "training.json"}:
-        (tmp / extra).unlink()  # e.g. generation_config.json: the preset needs only the weights and config
+        (tmp / extra).unlink()  # the preset needs only the weights, config and sampling
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
@@ -67,9 +71,12 @@ def main() -> None:
     ap.add_argument("--lm", type=Path, default=Path("runs/lm/last"))
     ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"))
     ap.add_argument("--out", type=Path, default=VOICE_DIR)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sampling the voice recommends (0: greedy); pick it by benchmarks/quality.py --temperature")
+    ap.add_argument("--top-k", type=int, default=50, help="with --temperature > 0")
     args = ap.parse_args()
     setup(1)
-    ship(args.lm, args.codec, args.out)
+    ship(args.lm, args.codec, args.out, args.temperature, args.top_k)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,64 @@ class MelLoss(torch.nn.Module):
         return loss / len(self.scales)
 
 
+class SpectrogramDiscriminator(torch.nn.Module):
+    """One resolution of a multi-resolution STFT discriminator (as in EnCodec): 2D convolutions over the
+    complex spectrogram, real and imaginary parts as two channels, striding over frequency and dilating over
+    time. Returns a score map and the activations of each layer (for feature matching)."""
+
+    def __init__(self, n_fft: int, channels: int = 8):
+        super().__init__()
+        self.n_fft = n_fft
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        conv = torch.nn.Conv2d
+        self.layers = torch.nn.ModuleList([
+            conv(2, channels, (3, 9), padding=(1, 4)),
+            *[conv(channels, channels, (3, 9), stride=(1, 2), dilation=(d, 1), padding=(d, 4)) for d in (1, 2, 4)],
+            conv(channels, channels, (3, 3), padding=(1, 1)),
+        ])
+        self.out = conv(channels, 1, (3, 3), padding=(1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        spec = torch.stft(x, self.n_fft, self.n_fft // 4, window=self.window, return_complex=True)
+        h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # (B, 2, time, freq)
+        features = []
+        for layer in self.layers:
+            h = F.leaky_relu(layer(h), 0.2)
+            features.append(h)
+        return self.out(h), features
+
+
+class Discriminator(torch.nn.Module):
+    """Multi-resolution STFT discriminator: one `SpectrogramDiscriminator` per n_fft."""
+
+    def __init__(self, scales: tuple[int, ...] = (1024, 2048)):
+        super().__init__()
+        self.scales = torch.nn.ModuleList(SpectrogramDiscriminator(n) for n in scales)
+
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        return [d(x) for d in self.scales]
+
+
+def discriminator_loss(disc: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator, averaged over its resolutions."""
+    losses = [F.relu(1 - r).mean() + F.relu(1 + f).mean()
+              for (r, _), (f, _) in zip(disc(real), disc(fake.detach()), strict=True)]
+    return sum(losses) / len(losses)
+
+
+def generator_losses(disc: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hinge adversarial loss, feature matching loss) of the decoder's output: the L1 distance of each
+    discriminator layer's activations to the real audio's, relative to their mean magnitude."""
+    adv, feat = [], []
+    with torch.no_grad():
+        real_out = disc(real)
+    for (score, fake_feats), (_, real_feats) in zip(disc(fake), real_out, strict=True):
+        adv.append(F.relu(1 - score).mean())
+        feat.append(sum(F.l1_loss(f, r) / (r.abs().mean() + 1e-8) for f, r in zip(fake_feats, real_feats,
+                                                                               strict=True)) / len(real_feats))
+    return sum(adv) / len(adv), sum(feat) / len(feat)
+
+
 def random_crops(audio: list[np.ndarray], batch: int, samples: int, gen: torch.Generator) -> torch.Tensor:
     """`batch` random crops of `samples` samples (utterances shorter than that are zero-padded)."""
     out = torch.zeros(batch, 1, samples)
@@ -170,11 +228,17 @@ def train(args: argparse.Namespace) -> Path:
         log.info("initialised from %s", args.init)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    extras = {}
+    if args.w_adv > 0:
+        torch.manual_seed(args.seed + 1)
+        disc = Discriminator()
+        extras["discriminator"] = disc, torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.8, 0.99),
+                                                          weight_decay=0.0)
     ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
     step, seconds = 0, 0.0
     if (ckpt / "state.json").is_file():
-        state = load_checkpoint(ckpt, model, opt)
+        state = load_checkpoint(ckpt, model, opt, extras)
         step, seconds = state["step"], state["seconds"]
         log.info("resumed from %s at step %d (%.1f min trained)", ckpt, step, seconds / 60)
     train_log.truncate(step)
@@ -202,20 +266,35 @@ def train(args: argparse.Namespace) -> Path:
         y = model.decoder(z).audio_values[..., :samples]
         l1, mel = F.l1_loss(y, x), mel_loss(y[:, 0], x[:, 0])
         loss = args.w_l1 * l1 + args.w_mel * mel
+        values = {}
+        if extras:
+            disc, disc_opt = extras["discriminator"]
+            d_loss = discriminator_loss(disc, x[:, 0], y[:, 0])
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            set_learning_rate(disc_opt, step, args)
+            disc_opt.step()
+            disc.requires_grad_(False)  # the decoder's step: gradients flow through the discriminator only
+            adv, feat = generator_losses(disc, x[:, 0], y[:, 0])
+            disc.requires_grad_(True)
+            loss = loss + args.w_adv * adv + args.w_feat * feat
+            values = {"disc": d_loss.item(), "adv": adv.item(), "feat": feat.item()}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         lr = set_learning_rate(opt, step, args)
         opt.step()
         step += 1
-        values = {"loss": loss.item(), "l1": l1.item(), "mel": mel.item()}
+        values = {"loss": loss.item(), "l1": l1.item(), "mel": mel.item(), **values}
         if codes is not None:  # distinct codes per codebook in this batch
             values["codes_used"] = sum(len(torch.unique(codes[:, i])) for i in range(codes.shape[1])) / codes.shape[1]
         train_log.add(step, seconds + time.perf_counter() - start, values, args.log_every, extra={"lr": lr})
         if step % args.save_every == 0:
-            save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "codec")
+            save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "codec",
+                     extras)
     if step % args.save_every:
-        save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "codec")
+        save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "codec",
+                     extras)
     return ckpt
 
 
@@ -225,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--frames", type=int, default=12, help="crop length in 80 ms frames")
     ap.add_argument("--w-l1", type=float, default=1.0)
     ap.add_argument("--w-mel", type=float, default=1.0)
+    ap.add_argument("--w-adv", type=float, default=0.0,
+                    help="weight of the adversarial loss of a multi-resolution STFT discriminator (0: none)")
+    ap.add_argument("--w-feat", type=float, default=2.0, help="weight of its feature matching loss (with --w-adv)")
     ap.add_argument("--autoencoder-steps", type=int, default=3000,
                     help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks "
                     "(0: keep --init's encoder and codebooks and tune its decoder only)")
