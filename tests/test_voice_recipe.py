@@ -104,6 +104,30 @@ def test_codec_resume_reproduces_an_uninterrupted_run(codec_runs):
     assert (resumed.parent / "loss.png").stat().st_size > 0
 
 
+def test_adversarial_run_resumes_with_its_discriminator(corpus, tmp_path):
+    """With --w-adv the discriminator and its optimizer are part of the checkpoint: a resumed run matches."""
+    def run(out, steps, *extra):
+        args = _codec_args(corpus, out, steps)
+        args.w_adv, args.autoencoder_steps = 1.0, 1
+        for key, value in extra:
+            setattr(args, key, value)
+        return train_codec.train(args)
+
+    straight = run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    resumed = run(tmp_path / "resumed", 4)
+    for name in ("model.safetensors", "discriminator.safetensors", "discriminator_optimizer.safetensors"):
+        a, b = load_file(straight / name), load_file(resumed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    log = [json.loads(line) for line in (resumed.parent / "log.jsonl").read_text().splitlines()]
+    assert all({"disc", "adv", "feat"} <= set(r) for r in log)
+    with pytest.raises(SystemExit, match="has no discriminator to resume"):
+        args = _codec_args(corpus, tmp_path / "plain", 2)
+        train_codec.train(args)
+        args.w_adv, args.steps = 1.0, 4
+        train_codec.train(args)
+
+
 def test_decoder_only_run_keeps_the_codes(corpus, codec_runs, tmp_path):
     """`--autoencoder-steps 0` from `--init`: encoder and codebooks stay, so an LM's codes stay valid."""
     args = train_codec.parser().parse_args([
@@ -152,13 +176,15 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
     best = min(dev, key=lambda r: r["dev_backbone"] + r["dev_depth"])["step"]  # kept as runs/lm/best
     assert json.loads((ckpt.parent / "best" / "state.json").read_text())["step"] == best
     shipped = ship.ship(ckpt, codec_runs[1], tmp_path / "edge-voice")  # the same codec, resumed: equal weights
-    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors", "training.json"]
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                         "training.json"]
     assert json.loads((shipped / "training.json").read_text())["lm"]["steps"] == 3
     # A new LM with the codec of a shipped voice: the codec's record is kept from that voice.
     again = json.loads((ship.ship(ckpt.parent / "best", shipped, tmp_path / "again") / "training.json").read_text())
     assert again["codec"] == json.loads((shipped / "training.json").read_text())["codec"]
     assert again["lm"]["steps"] == best
     bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=shipped)
+    assert bundle.manifest["sampling"] == {"temperature": 0.0}  # ship's default recommendation: greedy
     assert bundle.manifest["tokenizer"]["kind"] == "bytes"
     audio, stats = Voice(bundle).synthesize("Hi there.", sampling=SamplingConfig(temperature=0), max_seconds=0.4)
     assert stats.frames >= 1 and audio.size == stats.frames * 1920
