@@ -23,6 +23,10 @@ encoder cannot collapse, and k-means uses every code.
 The last form is phase 2 alone: a new run that keeps the encoder and codebooks of ``--init`` and tunes only
 its decoder, so an LM trained on the old codec's codes stays valid (``recipes.voice.ship`` checks that).
 
+``--w-adv W`` adds a two-resolution STFT discriminator (hinge loss, plus feature matching weighted by
+``--w-feat``); its weights and optimizer go into the checkpoint. Measured on this CPU it has not paid yet: 80
+minutes of decoder tuning with it raised the codec-only WER from 0.453 to 0.563.
+
 Checkpoints (``runs/codec/last``) every ``--save-every`` steps and at the end; ``log.jsonl`` and
 ``loss.png`` beside them.
 """
