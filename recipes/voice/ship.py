@@ -28,6 +28,11 @@ VOICE_DIR = Path(__file__).resolve().parents[2] / "edge" / "voices" / "edge-voic
 FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
+def _run_record(ckpt: Path) -> dict:
+    state = json.loads((ckpt / "state.json").read_text())
+    return {"steps": state["step"], "minutes": round(state["seconds"] / 60, 1), "args": state["args"]}
+
+
 def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0, top_k: int = 50) -> Path:
     import torch
     from transformers import CsmForConditionalGeneration
@@ -50,11 +55,12 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0,
         if not (ckpt / "state.json").is_file() and (ckpt / "training.json").is_file():
             runs[role] = json.loads((ckpt / "training.json").read_text())[role]  # a shipped voice's part, kept
             continue
-        state = json.loads((ckpt / "state.json").read_text())
-        runs[role] = {"steps": state["step"], "minutes": round(state["seconds"] / 60, 1), "args": state["args"]}
-        init = state["args"].get("init")
+        runs[role] = _run_record(ckpt)
+        init = runs[role]["args"].get("init")
         if init and (Path(init) / "training.json").is_file():  # trained on from a shipped voice: keep what trained it
             runs[role]["init_training"] = json.loads((Path(init) / "training.json").read_text()).get(role)
+        elif init and (Path(init) / "state.json").is_file():  # trained on from another run's checkpoint
+            runs[role]["init_training"] = _run_record(Path(init))
     (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
     for extra in set(p.name for p in tmp.iterdir()) - {*FILES, "training.json"}:
         (tmp / extra).unlink()  # the preset needs only the weights, config and sampling
