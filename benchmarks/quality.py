@@ -24,7 +24,7 @@ import logging
 import re
 import statistics
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +159,7 @@ def main() -> None:
              wer(refs, teacher_hyps))
 
     voice = Voice.load(args.bundle, backend=args.backend)
-    given = {"temperature": args.temperature, "top_k": args.top_k}
-    sampling = replace(voice.sampling, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    sampling = voice.sampling.override(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     ours, hyps, rtf, first = [], [], [], []
     for u, (a, _) in zip(utts, teacher, strict=True):
         # Room for a slower speaker than the teacher, capped by the bundle's KV cache.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -80,10 +80,10 @@ def speak(
     """
     if out is not None:
         check_writable(out)
-    given = {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v is not None}
-    SamplingConfig(**given, seed=seed).validate()  # a bad flag fails before any export
+    flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    SamplingConfig().override(**flags)  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
-    sampling = replace(voice.sampling, **given, seed=seed)
+    sampling = voice.sampling.override(**flags)
     stream = voice.stream(text, speaker, sampling, max_seconds)
     chunks = []
     for chunk in stream:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,6 +26,11 @@ class SamplingConfig:
         if self.seed < 0:
             raise EdgeError(f"--seed must be >= 0, got {self.seed}")
         return self
+
+    def override(self, **fields: float | None) -> SamplingConfig:
+        """This config with the `fields` given (not None) replaced, validated: flags over a voice's
+        recommended sampling."""
+        return replace(self, **{k: v for k, v in fields.items() if v is not None}).validate()
 
 
 class Sampler:

@@ -20,12 +20,12 @@ import logging
 import shutil
 from pathlib import Path
 
+from edge.presets import CHECKPOINT_FILES
 from recipes.voice.common import load_codec, setup
 
 log = logging.getLogger("recipes.voice.ship")
 
 VOICE_DIR = Path(__file__).resolve().parents[2] / "edge" / "voices" / "edge-voice"
-FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
 def _run_record(ckpt: Path) -> dict:
@@ -62,7 +62,7 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0,
         elif init and (Path(init) / "state.json").is_file():  # trained on from another run's checkpoint
             runs[role]["init_training"] = _run_record(Path(init))
     (tmp / "training.json").write_text(json.dumps(runs, indent=2) + "\n")
-    for extra in set(p.name for p in tmp.iterdir()) - {*FILES, "training.json"}:
+    for extra in set(p.name for p in tmp.iterdir()) - {*CHECKPOINT_FILES, "training.json"}:
         (tmp / extra).unlink()  # the preset needs only the weights, config and sampling
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
