@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from edge.quantize.accuracy import test_signal as speech_like
 from edge.runtime.audio import write_wav
 from recipes.voice import data, ship, train_codec, train_lm
+from recipes.voice.common import load_codec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,6 +143,40 @@ def test_decoder_only_run_keeps_the_codes(corpus, codec_runs, tmp_path):
         train_codec.train(train_codec.parser().parse_args(["--data", str(corpus), "--autoencoder-steps", "0"]))
 
 
+@pytest.fixture(scope="module")
+def widened_run(corpus, codec_runs, tmp_path_factory) -> Path:
+    """A decoder-only run that widens codec_runs[0] to 24 filters: 1 step, then resumed for a second."""
+    out = tmp_path_factory.mktemp("wide") / "run"
+
+    def args(steps: int):
+        return train_codec.parser().parse_args([
+            "--data", str(corpus), "--out", str(out), "--init", str(codec_runs[0]), "--steps", str(steps),
+            "--batch", "2", "--frames", "2", "--save-every", "1", "--autoencoder-steps", "0", "--num-filters", "24",
+            "--lr", "1e-2"])
+
+    train_codec.train(args(1))
+    return train_codec.train(args(2))  # resumed at the width of its checkpoint
+
+
+def test_widening_keeps_what_the_codec_computes(codec_runs, widened_run):
+    """`--num-filters` wider than `--init`'s: same codes and (to float rounding) the same audio; then the wider
+    decoder trains while encoder and codebooks stay."""
+    narrow = load_codec(codec_runs[0]).eval()
+    wide = train_codec.widen(narrow, 24).eval()
+    assert wide.config.num_filters == 24 and wide.decoder.decoder_seanet.layers[0].conv.out_channels == 24 * 16
+    x = torch.from_numpy(speech_like(24000, 0.5))[None, None]
+    tuned = load_codec(widened_run).eval()
+    assert tuned.config.num_filters == 24
+    with torch.no_grad():
+        codes = narrow.encode(x).audio_codes
+        assert torch.equal(wide.encode(x).audio_codes, codes) and torch.equal(tuned.encode(x).audio_codes, codes)
+        a, b = narrow.decode(codes).audio_values, wide.decode(codes).audio_values
+        assert 10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum()) > 80  # dB
+        assert not torch.allclose(tuned.decode(codes).audio_values, b)
+    with pytest.raises(SystemExit, match="can only widen"):
+        train_codec.widen(wide, 16)
+
+
 def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
     from edge.export.build import export_bundle
 
@@ -153,7 +188,7 @@ def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
     assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0 and rebuilt.shape == clip.shape
 
 
-def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
+def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, widened_run, tmp_path):
     from edge.export.build import export_bundle
     from edge.runtime.loop import Voice
     from edge.runtime.sampler import SamplingConfig
@@ -183,7 +218,15 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, tmp_path):
     again = json.loads((ship.ship(ckpt.parent / "best", shipped, tmp_path / "again") / "training.json").read_text())
     assert again["codec"] == json.loads((shipped / "training.json").read_text())["codec"]
     assert again["lm"]["steps"] == best
-    bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=shipped)
+    # A widened codec codes as the LM's did, so it ships, with its own config; a codec with other codes does not.
+    widened = ship.ship(ckpt, widened_run, tmp_path / "widened")
+    assert json.loads((widened / "config.json").read_text())["codec_config"]["num_filters"] == 24
+    with pytest.raises(SystemExit, match="codes audio differently"):
+        other = _codec_args(corpus, tmp_path / "other", 3)
+        other.seed = 1
+        ship.ship(ckpt, train_codec.train(other), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    bundle = export_bundle("csm-tiny", tmp_path / "voice", ["onnx"], checkpoint=widened)
     assert bundle.manifest["sampling"] == {"temperature": 0.0}  # ship's default recommendation: greedy
     assert bundle.manifest["tokenizer"]["kind"] == "bytes"
     audio, stats = Voice(bundle).synthesize("Hi there.", sampling=SamplingConfig(temperature=0), max_seconds=0.4)

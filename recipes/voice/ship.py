@@ -4,9 +4,10 @@
     python -m recipes.voice.ship --lm runs/lm/best --codec edge/voices/edge-voice   # new LM, shipped codec
 
 The LM learnt the codes of the codec's encoder and codebooks, which the codec's second phase freezes, so the
-LM can train while the codec's decoder still does; shipping puts the latest decoder in (and refuses a codec
-whose encoder or codebooks differ from the LM's). Writes ``edge/voices/edge-voice/``: ``config.json`` and
-``model.safetensors`` (the Hugging Face checkpoint the `edge-voice` preset exports) and ``training.json``
+LM can train while the codec's decoder still does; shipping puts the latest codec in (and refuses one that
+codes a fixed test signal differently from the LM's codec; a widened codec codes it the same). Writes
+``edge/voices/edge-voice/``: ``config.json`` and ``model.safetensors`` (the Hugging Face checkpoint the
+`edge-voice` preset exports, the codec's config inside) and ``training.json``
 (what trained them: steps, minutes and settings of both runs, from their ``state.json``). The next
 `edge speak` notices the new weights (their digest names the cached export) and re-exports. A later session
 can go on training from the shipped weights with ``--init``.
@@ -21,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from edge.presets import CHECKPOINT_FILES
+from edge.quantize.accuracy import test_signal
 from recipes.voice.common import load_codec, setup
 
 log = logging.getLogger("recipes.voice.ship")
@@ -38,11 +40,14 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0,
     from transformers import CsmForConditionalGeneration
 
     model = CsmForConditionalGeneration.from_pretrained(lm, use_safetensors=True)
-    final = load_codec(codec).state_dict()
-    for name, value in model.codec_model.state_dict().items():
-        if not name.startswith("decoder.") and not torch.equal(value, final[name]):
-            raise SystemExit(f"{codec} has another encoder or codebooks than the codec {lm} was trained on ({name})")
-    model.codec_model.load_state_dict(final)
+    final = load_codec(codec)
+    signal = torch.from_numpy(test_signal(final.config.sampling_rate, seconds=8.0))[None, None]
+    with torch.no_grad():
+        same = torch.equal(model.codec_model.encode(signal).audio_codes, final.encode(signal).audio_codes)
+    if not same:
+        raise SystemExit(f"{codec} codes audio differently from the codec {lm} was trained on; ship the codec "
+                         "the LM's codes came from, or one tuned from it with --autoencoder-steps 0")
+    model.codec_model, model.config.codec_config = final, final.config
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -22,6 +22,8 @@ encoder cannot collapse, and k-means uses every code.
 
 The last form is phase 2 alone: a new run that keeps the encoder and codebooks of ``--init`` and tunes only
 its decoder, so an LM trained on the old codec's codes stays valid (``recipes.voice.ship`` checks that).
+With ``--num-filters`` wider than ``--init``'s, that run first widens the codec without changing what it
+computes (`widen`): the decoder gains capacity while the codes, and so the LM, stay as they are.
 
 ``--w-adv W`` adds a two-resolution STFT discriminator (hinge loss, plus feature matching weighted by
 ``--w-feat``); its weights and optimizer go into the checkpoint. Measured on this CPU it has not paid yet: 80
@@ -66,6 +68,40 @@ MEL_SCALES = (256, 512, 1024, 2048)  # n_fft of each mel loss; hop = n_fft / 4, 
 def build_codec(config: dict[str, Any] = VOICE_MIMI, seed: int = 0) -> MimiModel:
     torch.manual_seed(seed)
     return MimiModel(MimiConfig(**config))
+
+
+@torch.no_grad()
+def widen(model: MimiModel, num_filters: int, seed: int = 0) -> MimiModel:
+    """`model` with ``num_filters`` convolution channels (more than its own), computing the same function.
+
+    Mimi's config shares ``num_filters`` between encoder and decoder, so both widen. Every convolution keeps
+    its trained weights in the old channels; the new channels start from the usual random initialisation,
+    except that no old channel reads a new one (those weights are zero). So encoder, codes and decoded audio
+    are unchanged, up to float rounding, and the decoder's new channels start learning from the first step
+    (the weights that read them get gradients because the new channels are not zero)."""
+    old = model.config.num_filters
+    if num_filters < old:
+        raise SystemExit(f"--num-filters {num_filters} is narrower than --init's {old}; a codec can only widen")
+    wide = build_codec({**model.config.to_dict(), "num_filters": num_filters}, seed)
+    trained = dict(model.named_modules())
+    for name, module in wide.named_modules():
+        if not isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+            continue
+        src = trained[name]
+        out_dim, in_dim = (1, 0) if isinstance(module, torch.nn.ConvTranspose1d) else (0, 1)
+        old_reads_new = [slice(None)] * 3
+        old_reads_new[out_dim] = slice(0, src.weight.shape[out_dim])
+        old_reads_new[in_dim] = slice(src.weight.shape[in_dim], None)
+        module.weight[tuple(old_reads_new)] = 0
+        module.weight[tuple(slice(0, n) for n in src.weight.shape)] = src.weight
+        if module.bias is not None:
+            module.bias[:src.bias.numel()] = src.bias
+    convs = {f"{n}.{p}" for n, m in wide.named_modules()
+             if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) for p in ("weight", "bias")}
+    wide.load_state_dict({k: v for k, v in model.state_dict().items() if k not in convs}, strict=False)
+    log.info("widened the codec from %d to %d filters (%.2f M → %.2f M parameters)", old, num_filters,
+             sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in wide.parameters()) / 1e6)
+    return wide
 
 
 def codebooks(model: MimiModel) -> list[tuple[Any, list[Any]]]:
@@ -226,10 +262,16 @@ def train(args: argparse.Namespace) -> Path:
     if args.autoencoder_steps == 0 and args.init is None:
         raise SystemExit("--autoencoder-steps 0 tunes the decoder of --init's codec; give --init")
     _, audio = load_audio(args.data / "train.jsonl")
-    model = build_codec(seed=args.seed)
-    if args.init is not None:  # a new run starting from trained weights (fresh optimizer and schedule)
-        model.load_state_dict(load_codec(args.init).state_dict())
+    ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
+    if (ckpt / "state.json").is_file():  # resumed below; the checkpoint's config says how wide it is
+        model = build_codec(MimiConfig.from_pretrained(ckpt).to_dict(), args.seed)
+    elif args.init is not None:  # a new run starting from trained weights (fresh optimizer and schedule)
+        model = load_codec(args.init)
+        if args.num_filters is not None and args.num_filters != model.config.num_filters:
+            model = widen(model, args.num_filters, args.seed)
         log.info("initialised from %s", args.init)
+    else:
+        model = build_codec({**VOICE_MIMI, "num_filters": args.num_filters or VOICE_MIMI["num_filters"]}, args.seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     extras = {}
@@ -238,7 +280,6 @@ def train(args: argparse.Namespace) -> Path:
         disc = Discriminator()
         extras["discriminator"] = disc, torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.8, 0.99),
                                                           weight_decay=0.0)
-    ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
     step, seconds = 0, 0.0
     if (ckpt / "state.json").is_file():
@@ -311,6 +352,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--w-adv", type=float, default=0.0,
                     help="weight of the adversarial loss of a multi-resolution STFT discriminator (0: none)")
     ap.add_argument("--w-feat", type=float, default=2.0, help="weight of its feature matching loss (with --w-adv)")
+    ap.add_argument("--num-filters", type=int, help="convolution width (default: --init's, or "
+                    f"{VOICE_MIMI['num_filters']}); wider than --init's widens it without changing its output")
     ap.add_argument("--autoencoder-steps", type=int, default=3000,
                     help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks "
                     "(0: keep --init's encoder and codebooks and tune its decoder only)")
