@@ -221,6 +221,8 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, widened_ru
     # A widened codec codes as the LM's did, so it ships, with its own config; a codec with other codes does not.
     widened = ship.ship(ckpt, widened_run, tmp_path / "widened")
     assert json.loads((widened / "config.json").read_text())["codec_config"]["num_filters"] == 24
+    codec_record = json.loads((widened / "training.json").read_text())["codec"]
+    assert codec_record["steps"] == 2 and codec_record["init_training"]["steps"] == 4  # the run it widened
     with pytest.raises(SystemExit, match="codes audio differently"):
         other = _codec_args(corpus, tmp_path / "other", 3)
         other.seed = 1
