@@ -155,7 +155,12 @@ def widened_run(corpus, codec_runs, tmp_path_factory) -> Path:
             "--lr", "1e-2"])
 
     train_codec.train(args(1))
-    return train_codec.train(args(2))  # resumed at the width of its checkpoint
+    ckpt = train_codec.train(args(2))  # resumed at the width of its checkpoint
+    resumed_narrower = args(3)
+    resumed_narrower.num_filters = 16
+    with pytest.raises(SystemExit, match="has 24 filters, not --num-filters 16"):
+        train_codec.train(resumed_narrower)
+    return ckpt
 
 
 def test_widening_keeps_what_the_codec_computes(codec_runs, widened_run):

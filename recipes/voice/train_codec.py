@@ -88,10 +88,11 @@ def widen(model: MimiModel, num_filters: int, seed: int = 0) -> MimiModel:
     if num_filters < old:
         raise SystemExit(f"--num-filters {num_filters} is narrower than --init's {old}; a codec can only widen")
     wide = build_codec({**model.config.to_dict(), "num_filters": num_filters}, seed)
-    trained = dict(model.named_modules())
+    trained, convs = dict(model.named_modules()), set()
     for name, module in wide.named_modules():
         if not isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
             continue
+        convs |= {f"{name}.weight", f"{name}.bias"}
         src = trained[name]
         out_dim, in_dim = (1, 0) if isinstance(module, torch.nn.ConvTranspose1d) else (0, 1)
         old_reads_new = [slice(None)] * 3
@@ -103,8 +104,6 @@ def widen(model: MimiModel, num_filters: int, seed: int = 0) -> MimiModel:
         if module.bias is not None:
             module.bias.mul_(NEW_CHANNEL_SCALE)
             module.bias[:src.bias.numel()] = src.bias
-    convs = {f"{n}.{p}" for n, m in wide.named_modules()
-             if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) for p in ("weight", "bias")}
     wide.load_state_dict({k: v for k, v in model.state_dict().items() if k not in convs}, strict=False)
     log.info("widened the codec from %d to %d filters (%.2f M → %.2f M parameters)", old, num_filters,
              sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in wide.parameters()) / 1e6)
@@ -272,6 +271,9 @@ def train(args: argparse.Namespace) -> Path:
     ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
     if (ckpt / "state.json").is_file():  # resumed below; the checkpoint's config says how wide it is
         model = build_codec(MimiConfig.from_pretrained(ckpt).to_dict(), args.seed)
+        if args.num_filters not in (None, model.config.num_filters):
+            raise SystemExit(f"{ckpt} has {model.config.num_filters} filters, not --num-filters {args.num_filters}; "
+                             "resume it without --num-filters, or give another --out")
     elif args.init is not None:  # a new run starting from trained weights (fresh optimizer and schedule)
         model = load_codec(args.init)
         if args.num_filters is not None and args.num_filters != model.config.num_filters:
