@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
     assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0 and rebuilt.shape == clip.shape
 
 
-def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, widened_run, tmp_path):
+def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, widened_run, tmp_path, caplog):
     from edge.export.build import export_bundle
     from edge.runtime.loop import Voice
     from edge.runtime.sampler import SamplingConfig
@@ -207,7 +208,10 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, widened_ru
     assert [train_lm.is_dev(t, 5) for t in ("Hi there.", "Pepper makes me sneeze.", "Go home now.")] == [
         False, True, False]  # the dev utterance is never a training one
     train_lm.train(args(2))
+    [cache] = corpus.glob("codes-*.pt")  # the codes are encoded once, and the resumed run reads them
+    caplog.set_level(logging.INFO, "recipes.voice.train_lm")
     ckpt = train_lm.train(args(3))
+    assert f"from {cache}" in caplog.text and list(corpus.glob("codes-*.pt")) == [cache]
     assert json.loads((ckpt / "state.json").read_text())["step"] == 3
     log = [json.loads(line) for line in (ckpt.parent / "log.jsonl").read_text().splitlines()]
     dev = [r for r in log if "dev_backbone" in r]
@@ -238,6 +242,32 @@ def test_lm_trains_resumes_and_exports_as_a_voice(corpus, codec_runs, widened_ru
     assert bundle.manifest["tokenizer"]["kind"] == "bytes"
     audio, stats = Voice(bundle).synthesize("Hi there.", sampling=SamplingConfig(temperature=0), max_seconds=0.4)
     assert stats.frames >= 1 and audio.size == stats.frames * 1920
+
+
+def test_lm_grows_deeper_computing_what_it_did(corpus, codec_runs, tmp_path):
+    from transformers import CsmForConditionalGeneration
+
+    sizes = {"hidden": 32, "depth_hidden": 16}
+    codec = load_codec(codec_runs[0])
+    trained = train_lm.build_lm(codec, 3, layers=1, depth_layers=1, **sizes).eval()
+    deeper = train_lm.build_lm(codec, 0, layers=3, depth_layers=2, **sizes)
+    train_lm.init_from(deeper, trained)
+    prompts, codes = [[256, 72, 105, 257], [256, 71, 111, 33, 257]], [torch.randint(1, 256, (n, 8)) for n in (5, 3)]
+    with torch.no_grad():
+        batch = train_lm.make_batch(deeper.eval(), prompts, codes, [0, 1])
+        ours, theirs = (m(inputs_embeds=batch[0], labels=batch[1]) for m in (deeper, trained))
+    assert torch.equal(ours.logits, theirs.logits) and ours.depth_decoder_loss == theirs.depth_decoder_loss
+    for wrong, match in (({"layers": 1, "depth_layers": 1, "hidden": 64, "depth_hidden": 16}, "only be made deeper"),
+                         ({"layers": 1, "depth_layers": 0, **sizes}, "not shallower")):
+        with pytest.raises(SystemExit, match=match):
+            train_lm.init_from(train_lm.build_lm(codec, 0, **wrong), trained)
+    # The recipe's --init takes the shallower checkpoint when --layers asks for more.
+    trained.save_pretrained(tmp_path / "shallow")
+    ckpt = train_lm.train(train_lm.parser().parse_args([
+        "--data", str(corpus), "--codec", str(codec_runs[0]), "--init", str(tmp_path / "shallow"), "--out",
+        str(tmp_path / "deep"), "--steps", "1", "--batch", "2", "--hidden", "32", "--layers", "2",
+        "--depth-hidden", "16", "--depth-layers", "1", "--dev-every", "0"]))
+    assert CsmForConditionalGeneration.from_pretrained(ckpt).config.num_hidden_layers == 2
 
 
 def test_wer_counts_word_edits():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -52,6 +53,64 @@ def build_lm(codec: MimiModel, seed: int = 0, **sizes: int) -> CsmForConditional
     model.codec_model.load_state_dict(codec.state_dict())
     model.codec_model.requires_grad_(False)
     return model
+
+
+def init_from(model: CsmForConditionalGeneration, trained: CsmForConditionalGeneration) -> None:
+    """Load a trained LM into `model`, which may be deeper (more backbone or depth-decoder layers) but not wider.
+
+    Layers the trained LM lacks are appended after its own, with their attention and MLP output projections
+    zeroed: each is then the identity on the residual stream, so the deeper model starts out computing exactly
+    what the trained one does, and training grows the new layers from there.
+    """
+    stacks = {"backbone": (model.config, trained.config),
+              "depth decoder": (model.config.depth_decoder_config, trained.config.depth_decoder_config)}
+    for stack, (ours, theirs) in stacks.items():
+        for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
+            if getattr(ours, field) != getattr(theirs, field):
+                raise SystemExit(f"--init's {stack} has {field} {getattr(theirs, field)}, this run "
+                                 f"{getattr(ours, field)}: an LM can only be made deeper, so keep its other sizes")
+        if ours.num_hidden_layers < theirs.num_hidden_layers:
+            raise SystemExit(f"--init's {stack} has {theirs.num_hidden_layers} layers, this run "
+                             f"{ours.num_hidden_layers}: an LM can be made deeper, not shallower")
+    modules = {"backbone": model.backbone_model, "depth decoder": model.depth_decoder.model}
+    for stack, (_, theirs) in stacks.items():
+        for layer in modules[stack].layers[theirs.num_hidden_layers:]:
+            torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+            torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    weights = {k: v for k, v in trained.state_dict().items() if not k.startswith("codec_model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.startswith("codec_model.") or ".layers." in k for k in missing), missing
+
+
+def codes_key(codec: MimiModel, manifest: Path, num_codebooks: int) -> str:
+    """What the codes of a manifest depend on: the codec's weights and config, the manifest, the codebook count."""
+    h = hashlib.sha256(manifest.read_bytes())
+    h.update(f"{codec.config.to_json_string()}{num_codebooks}".encode())
+    for name, tensor in sorted(codec.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_codes(codec: MimiModel, manifest: Path, num_codebooks: int) -> tuple[list[dict], list[torch.Tensor]]:
+    """The utterances of `manifest` and their codes, encoded once per codec and kept beside the manifest
+    (``codes-<key>.pt``), so a resumed run or a second run on the same codec starts at once."""
+    cache = manifest.parent / f"codes-{codes_key(codec, manifest, num_codebooks)}.pt"
+    if cache.is_file():
+        utts = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        codes = torch.load(cache)
+        if len(codes) == len(utts):
+            log.info("read the codes of %d utterances from %s", len(codes), cache)
+            return utts, codes
+    utts, audio = load_audio(manifest)
+    t = time.perf_counter()
+    codes = encode_all(codec, audio, num_codebooks)
+    log.info("encoded %d utterances (%d frames) in %.0f s", len(codes), sum(len(c) for c in codes),
+             time.perf_counter() - t)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(codes, tmp)
+    tmp.replace(cache)
+    return utts, codes
 
 
 @torch.no_grad()
@@ -120,18 +179,13 @@ def best_dev(train_log: TrainLog) -> float:
 
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
-    utts, audio = load_audio(args.data / "train.jsonl")
     codec = load_codec(args.codec)
     model = build_lm(codec, args.seed, hidden=args.hidden, layers=args.layers, depth_hidden=args.depth_hidden,
                      depth_layers=args.depth_layers)
     if args.init is not None:  # a new run starting from trained LM weights; the codec stays --codec's
-        init = CsmForConditionalGeneration.from_pretrained(args.init, use_safetensors=True).state_dict()
-        model.load_state_dict({k: v for k, v in init.items() if not k.startswith("codec_model.")}, strict=False)
+        init_from(model, CsmForConditionalGeneration.from_pretrained(args.init, use_safetensors=True))
         log.info("initialised the LM from %s", args.init)
-    t = time.perf_counter()
-    codes = encode_all(model.codec_model, audio, model.config.num_codebooks)
-    log.info("encoded %d utterances (%d frames) in %.0f s", len(codes), sum(len(c) for c in codes),
-             time.perf_counter() - t)
+    utts, codes = load_codes(model.codec_model, args.data / "train.jsonl", model.config.num_codebooks)
     tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
     prompts = [tok.encode(u["text"], 0) for u in utts]
     dev = [i for i, u in enumerate(utts) if is_dev(u["text"], args.dev_every)]
