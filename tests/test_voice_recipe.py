@@ -270,6 +270,47 @@ def test_lm_grows_deeper_computing_what_it_did(corpus, codec_runs, tmp_path):
     assert CsmForConditionalGeneration.from_pretrained(ckpt).config.num_hidden_layers == 2
 
 
+def test_depth_only_run_trains_a_new_depth_decoder_for_a_frozen_backbone(corpus, codec_runs, tmp_path):
+    from transformers import CsmForConditionalGeneration
+
+    codec = load_codec(codec_runs[0])
+    train_lm.build_lm(codec, 3, hidden=32, layers=1, depth_hidden=16, depth_layers=1).save_pretrained(tmp_path / "lm")
+    trained = CsmForConditionalGeneration.from_pretrained(tmp_path / "lm")
+
+    def args(steps: int, *more: str):
+        return train_lm.parser().parse_args([
+            "--data", str(corpus), "--codec", str(codec_runs[0]), "--out", str(tmp_path / "depth"), "--steps",
+            str(steps), "--hidden", "32", "--layers", "1", "--depth-hidden", "24", "--depth-layers", "2",
+            "--depth-only", "--frames", "8", "--save-every", "10", "--dev-every", "5", *more])
+
+    with pytest.raises(SystemExit, match="give --init"):
+        train_lm.train(args(1))
+    train_lm.train(args(2, "--init", str(tmp_path / "lm")))
+    ckpt = train_lm.train(args(3))  # resumed: the run needs --init only to start
+    model = CsmForConditionalGeneration.from_pretrained(ckpt)
+    assert model.config.depth_decoder_config.hidden_size == 24
+    ours, theirs = model.state_dict(), trained.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith("depth_decoder.")
+               or k.startswith("depth_decoder.model.embed_tokens."))  # the backbone and what it shares: frozen
+    log = [json.loads(line) for line in (ckpt.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "dev_depth" in r] == [2, 3] and all("dev_backbone" not in r for r in log)
+
+
+def test_diagnose_decodes_teacher_forced_variants(corpus, codec_runs, tmp_path):
+    from recipes.voice import diagnose
+
+    codec = load_codec(codec_runs[0])
+    lm = train_lm.build_lm(codec, 3, hidden=32, layers=1, depth_hidden=16, depth_layers=1).eval()
+    lm.save_pretrained(tmp_path / "lm")
+    states, first = torch.randn(5, 32), torch.randint(1, 256, (5,))
+    frames = diagnose.depth_greedy(lm, states, first)
+    assert frames.shape == (5, 8) and torch.equal(frames[:, 0], first)
+    result = diagnose.diagnose(tmp_path / "lm", corpus / "train.jsonl", limit=2)
+    assert result["sentences"] == 2 and len(result["top1_accuracy_per_codebook"]) == 8
+    assert set(result["teacher_forced_wer"]) == {"teacher_codes", "backbone", "depth_decoder", "lm"}
+    assert all(v >= 0 for v in result["teacher_forced_wer"].values())
+
+
 def test_wer_counts_word_edits():
     quality = _quality_module()
     assert quality.words("Hello, World's end-game!") == ["hello", "world's", "end", "game"]

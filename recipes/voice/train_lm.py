@@ -55,15 +55,19 @@ def build_lm(codec: MimiModel, seed: int = 0, **sizes: int) -> CsmForConditional
     return model
 
 
-def init_from(model: CsmForConditionalGeneration, trained: CsmForConditionalGeneration) -> None:
+def init_from(model: CsmForConditionalGeneration, trained: CsmForConditionalGeneration,
+              new_depth_decoder: bool = False) -> None:
     """Load a trained LM into `model`, which may be deeper (more backbone or depth-decoder layers) but not wider.
 
     Layers the trained LM lacks are appended after its own, with their attention and MLP output projections
     zeroed: each is then the identity on the residual stream, so the deeper model starts out computing exactly
-    what the trained one does, and training grows the new layers from there.
+    what the trained one does, and training grows the new layers from there. With `new_depth_decoder`, only
+    the backbone (and the codebook embeddings it shares with the depth decoder) is loaded: the depth decoder,
+    of any size, starts from its initialisation.
     """
-    stacks = {"backbone": (model.config, trained.config),
-              "depth decoder": (model.config.depth_decoder_config, trained.config.depth_decoder_config)}
+    stacks = {"backbone": (model.config, trained.config)}
+    if not new_depth_decoder:
+        stacks["depth decoder"] = (model.config.depth_decoder_config, trained.config.depth_decoder_config)
     for stack, (ours, theirs) in stacks.items():
         for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
             if getattr(ours, field) != getattr(theirs, field):
@@ -77,9 +81,12 @@ def init_from(model: CsmForConditionalGeneration, trained: CsmForConditionalGene
         for layer in modules[stack].layers[theirs.num_hidden_layers:]:
             torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
             torch.nn.init.zeros_(layer.mlp.down_proj.weight)
-    weights = {k: v for k, v in trained.state_dict().items() if not k.startswith("codec_model.")}
+    shared = "depth_decoder.model.embed_tokens."  # tied to the backbone's codebook embeddings
+    weights = {k: v for k, v in trained.state_dict().items() if not k.startswith("codec_model.") and not (
+        new_depth_decoder and k.startswith("depth_decoder.") and not k.startswith(shared))}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(k.startswith("codec_model.") or ".layers." in k for k in missing), missing
+    assert not unexpected and all(k.startswith(("codec_model.", "depth_decoder.")) or ".layers." in k
+                                  for k in missing), missing
 
 
 def codes_key(codec: MimiModel, manifest: Path, num_codebooks: int) -> str:
@@ -172,9 +179,33 @@ def dev_loss(model: CsmForConditionalGeneration, prompts: list[list[int]], codes
 
 
 def best_dev(train_log: TrainLog) -> float:
-    """The lowest dev loss (backbone + depth) a run has logged so far (inf if none): a resumed run keeps its best."""
-    return min((r["dev_backbone"] + r["dev_depth"] for r in train_log.records() if "dev_backbone" in r),
-               default=float("inf"))
+    """The lowest summed dev loss a run has logged so far (inf if none): a resumed run keeps its best."""
+    return min((sum(v for k, v in r.items() if k.startswith("dev_")) for r in train_log.records()
+                if "dev_depth" in r), default=float("inf"))
+
+
+@torch.no_grad()
+def backbone_states(model: CsmForConditionalGeneration, prompts: list[list[int]], codes: list[torch.Tensor],
+                    pick: list[int], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every frame of utterances `pick` (end-of-speech frames included) as (F, K) codes, with the (F, H)
+    backbone state that predicts it: what the depth decoder sees, teacher-forced, in eval mode."""
+    model.eval()
+    states, frames = [], []
+    for i in range(0, len(pick), batch):
+        embeds, labels = make_batch(model, prompts, codes, pick[i:i + batch])
+        hidden = model.backbone_model(inputs_embeds=embeds).last_hidden_state
+        b, t = (labels[..., 0] != -100).nonzero(as_tuple=True)
+        states.append(hidden[b, t - 1])
+        frames.append(labels[b, t])
+    model.train()
+    model.codec_model.eval()
+    return torch.cat(states), torch.cat(frames)
+
+
+def depth_loss(model: CsmForConditionalGeneration, states: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """The depth decoder's loss on frames given their backbone states (as transformers computes it in training)."""
+    inputs = torch.nn.functional.pad(frames[:, :-1], (1, 0))  # position 0 takes the backbone state
+    return model.depth_decoder(input_ids=inputs, backbone_last_hidden_state=states, labels=frames).loss
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -182,8 +213,13 @@ def train(args: argparse.Namespace) -> Path:
     codec = load_codec(args.codec)
     model = build_lm(codec, args.seed, hidden=args.hidden, layers=args.layers, depth_hidden=args.depth_hidden,
                      depth_layers=args.depth_layers)
+    if args.depth_only and args.init is None and not (args.out / "last" / "state.json").is_file():
+        raise SystemExit("--depth-only trains a depth decoder for a trained backbone: give --init (e.g. "
+                         "edge/voices/edge-voice)")
     if args.init is not None:  # a new run starting from trained LM weights; the codec stays --codec's
-        init_from(model, CsmForConditionalGeneration.from_pretrained(args.init, use_safetensors=True))
+        trained = CsmForConditionalGeneration.from_pretrained(args.init, use_safetensors=True)
+        depth_size = model.config.depth_decoder_config.hidden_size, trained.config.depth_decoder_config.hidden_size
+        init_from(model, trained, new_depth_decoder=args.depth_only and depth_size[0] != depth_size[1])
         log.info("initialised the LM from %s", args.init)
     utts, codes = load_codes(model.codec_model, args.data / "train.jsonl", model.config.num_codebooks)
     tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
@@ -193,7 +229,11 @@ def train(args: argparse.Namespace) -> Path:
     if not fit:
         raise SystemExit(f"every utterance of {args.data / 'train.jsonl'} fell in the dev split; raise --dev-every")
     log.info("%d training utterances, %d dev (one in %d)", len(fit), len(dev), args.dev_every)
-    trainable = [p for n, p in model.named_parameters() if not n.startswith("codec_model.")]
+    if args.depth_only:  # the backbone (and the codebook embeddings it shares) stays as trained
+        backbone = {id(p) for p in model.backbone_model.parameters()}
+        trainable = [p for p in model.depth_decoder.parameters() if id(p) not in backbone]
+    else:
+        trainable = [p for n, p in model.named_parameters() if not n.startswith("codec_model.")]
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,36 +246,62 @@ def train(args: argparse.Namespace) -> Path:
     model.train()
     model.codec_model.eval()
     log.info("lm: %.2f M trainable parameters", sum(p.numel() for p in trainable) / 1e6)
+
+    if args.depth_only:
+        t = time.perf_counter()
+        fit_frames, dev_frames = (backbone_states(model, prompts, codes, utts) for utts in (fit, dev))
+        log.info("backbone states of %d training frames in %.0f s", len(fit_frames[0]), time.perf_counter() - t)
+
+        def losses(gen: torch.Generator) -> dict[str, torch.Tensor]:
+            pick = torch.randint(0, len(fit_frames[0]), (args.frames,), generator=gen)
+            loss = depth_loss(model, fit_frames[0][pick], fit_frames[1][pick])
+            return {"loss": loss, "depth": loss}
+
+        @torch.no_grad()
+        def dev_losses() -> dict[str, float]:
+            model.eval()
+            n, total = len(dev_frames[0]), 0.0
+            for i in range(0, n, args.frames):
+                part = slice(i, i + args.frames)
+                total += depth_loss(model, dev_frames[0][part], dev_frames[1][part]).item() * len(dev_frames[0][part])
+            model.train()
+            model.codec_model.eval()
+            return {"dev_depth": total / n}
+    else:
+        def losses(gen: torch.Generator) -> dict[str, torch.Tensor]:
+            pick = [fit[i] for i in torch.randint(0, len(fit), (args.batch,), generator=gen).tolist()]
+            embeds, labels = make_batch(model, prompts, codes, pick, args.audio_dropout)
+            out = model(inputs_embeds=embeds, labels=labels)
+            return {"loss": out.loss, "backbone": out.backbone_loss, "depth": out.depth_decoder_loss}
+
+        def dev_losses() -> dict[str, float]:
+            return dev_loss(model, prompts, codes, dev, args.batch)
+
     start = time.perf_counter()
     deadline = start + 60 * args.minutes
-
     best = best_dev(train_log)
 
     def checkpoint() -> None:
         nonlocal best
-        losses = dev_loss(model, prompts, codes, dev, args.batch) if dev else {}
-        if losses:
-            train_log.write({"step": step, **losses})
+        dev_parts = dev_losses() if dev else {}
+        if dev_parts:
+            train_log.write({"step": step, **dev_parts})
         save_run(model, opt, ckpt, step, seconds + time.perf_counter() - start, args, train_log, "lm")
-        if losses and sum(losses.values()) < best:  # keep the dev minimum: later steps may overfit
-            best = sum(losses.values())
+        if dev_parts and sum(dev_parts.values()) < best:  # keep the dev minimum: later steps may overfit
+            best = sum(dev_parts.values())
             copy_checkpoint(ckpt, args.out / "best")
             log.info("dev loss %.4f is the best so far: copied to %s", best, args.out / "best")
 
     while (args.steps is None or step < args.steps) and (args.steps is not None or time.perf_counter() < deadline):
-        gen = batch_generator(args.seed, step)
-        pick = [fit[i] for i in torch.randint(0, len(fit), (args.batch,), generator=gen).tolist()]
-        embeds, labels = make_batch(model, prompts, codes, pick, args.audio_dropout)
-        out = model(inputs_embeds=embeds, labels=labels)
+        parts = losses(batch_generator(args.seed, step))
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         lr = set_learning_rate(opt, step, args)
         opt.step()
         step += 1
-        train_log.add(step, seconds + time.perf_counter() - start, {
-            "loss": out.loss.item(), "backbone": out.backbone_loss.item(), "depth": out.depth_decoder_loss.item(),
-        }, args.log_every, extra={"lr": lr})
+        train_log.add(step, seconds + time.perf_counter() - start, {k: v.item() for k, v in parts.items()},
+                      args.log_every, extra={"lr": lr})
         if step % args.save_every == 0:
             checkpoint()
     if step % args.save_every:
@@ -254,6 +320,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--depth-layers", type=int, default=2)
     ap.add_argument("--audio-dropout", type=float, default=0.0,
                     help="dropout on the frames' input embeddings in training (makes the model read the text)")
+    ap.add_argument("--depth-only", action="store_true",
+                    help="train only the depth decoder (of any --depth-hidden/--depth-layers) for --init's "
+                    "backbone, which stays frozen: its states for every frame are computed once")
+    ap.add_argument("--frames", type=int, default=2048, help="frames per step with --depth-only")
     ap.add_argument("--dev-every", type=int, default=50,
                     help="hold one utterance in N out of training (by a hash of its text) and log its loss at "
                     "every checkpoint (0: no dev split)")
