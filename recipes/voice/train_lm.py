@@ -3,12 +3,17 @@
 The model is transformers' `CsmForConditionalGeneration` (config `voice_csm()`): a backbone over frames
 that predicts codebook 0 and a depth decoder that predicts codebooks 1..K-1 of each frame. Its
 ``codec_model`` is the codec from ``train_codec.py``, frozen; the training audio is encoded with it once
-at the start. A training sequence is what edge's runtime feeds the exported graphs: the prompt
-``[bos] "[0]" + text [eos]`` (UTF-8 bytes, `edge.runtime.tokenizers.ByteTokenizer`), then the frames
-of the utterance, then one all-``codebook_eos_token_id`` frame that tells the loop to stop. Loss: the
-backbone's cross-entropy on codebook 0 plus the depth decoder's on the rest (transformers' own).
+per codec, and the codes are kept beside the manifest (``codes-<key>.pt``). A training sequence is what
+edge's runtime feeds the exported graphs: the prompt ``[bos] "[0]" + text [eos]`` (UTF-8 bytes,
+`edge.runtime.tokenizers.ByteTokenizer`), then the frames of the utterance, then one
+all-``codebook_eos_token_id`` frame that tells the loop to stop. Loss: the backbone's cross-entropy on
+codebook 0 plus the depth decoder's on the rest (transformers' own).
 
     python -m recipes.voice.train_lm --data data/voice --codec runs/codec/last --out runs/lm --minutes 15
+
+With ``--depth-only`` the backbone of ``--init`` stays frozen and only the depth decoder trains, on single frames
+with the backbone state that predicts each (computed once, teacher-forced): a new depth decoder when
+``--depth-hidden`` differs from the trained one's, else the trained one, deeper if ``--depth-layers`` asks.
 
 The checkpoint (``runs/lm/last``) is a complete CSM checkpoint, codec included:
 ``edge export csm-tiny --checkpoint runs/lm/last --out voice`` exports it.
@@ -249,7 +254,8 @@ def train(args: argparse.Namespace) -> Path:
 
     if args.depth_only:
         t = time.perf_counter()
-        fit_frames, dev_frames = (backbone_states(model, prompts, codes, utts) for utts in (fit, dev))
+        fit_frames = backbone_states(model, prompts, codes, fit)
+        dev_frames = backbone_states(model, prompts, codes, dev) if dev else None
         log.info("backbone states of %d training frames in %.0f s", len(fit_frames[0]), time.perf_counter() - t)
 
         def losses(gen: torch.Generator) -> dict[str, torch.Tensor]:
