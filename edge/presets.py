@@ -154,7 +154,7 @@ PRESETS: dict[str, Preset] = {
             "edge-voice",
             "csm",
             "edge's own English voice (default): a CSM-shaped LM (byte-level text) and a Mimi-shaped codec, "
-            "3.3 M parameters, trained by recipes/voice on a Piper teacher's speech; weights ship in the package.",
+            "trained by recipes/voice on a Piper teacher's speech; weights ship in the package.",
             {},
             weights="voices/edge-voice",
             options={"prompt_capacity": 144, "kv_capacity": 256},
