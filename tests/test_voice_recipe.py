@@ -285,6 +285,10 @@ def test_depth_only_run_trains_a_new_depth_decoder_for_a_frozen_backbone(corpus,
 
     with pytest.raises(SystemExit, match="give --init"):
         train_lm.train(args(1))
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        train_lm.train(args(1, "--init", str(tmp_path / "no-such-run")))
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        ship.ship(tmp_path / "no-such-run", codec_runs[0], tmp_path / "refused")
     train_lm.train(args(2, "--init", str(tmp_path / "lm")))
     ckpt = train_lm.train(args(3))  # resumed: the run needs --init only to start
     model = CsmForConditionalGeneration.from_pretrained(ckpt)

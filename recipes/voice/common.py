@@ -100,10 +100,20 @@ def load_audio(manifest: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     return utts, audio
 
 
+def checkpoint_dir(path: Path) -> Path:
+    """`path` if it is a checkpoint directory (a ``config.json`` and its weights), else a one-line SystemExit."""
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise SystemExit(f"{path} is not a checkpoint directory (config.json + model.safetensors): give a run's "
+                         "last/ or best/ directory, or a shipped voice such as edge/voices/edge-voice")
+    return path
+
+
 def load_codec(path: Path):
     """The codec of a checkpoint directory: a Mimi checkpoint (``train_codec``'s), or the codec inside a CSM one
     (``train_lm``'s, or the package's shipped ``edge-voice`` weights)."""
     from transformers import CsmForConditionalGeneration, MimiModel
+
+    checkpoint_dir(path)
 
     if json.loads((path / "config.json").read_text()).get("model_type") == "csm":
         return CsmForConditionalGeneration.from_pretrained(path, use_safetensors=True).codec_model

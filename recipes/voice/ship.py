@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edge.presets import CHECKPOINT_FILES
 from edge.quantize.accuracy import test_signal
-from recipes.voice.common import load_codec, setup
+from recipes.voice.common import checkpoint_dir, load_codec, setup
 
 log = logging.getLogger("recipes.voice.ship")
 
@@ -39,7 +39,7 @@ def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0,
     import torch
     from transformers import CsmForConditionalGeneration
 
-    model = CsmForConditionalGeneration.from_pretrained(lm, use_safetensors=True)
+    model = CsmForConditionalGeneration.from_pretrained(checkpoint_dir(lm), use_safetensors=True)
     final = load_codec(codec)
     signal = torch.from_numpy(test_signal(final.config.sampling_rate, seconds=8.0))[None, None]
     with torch.no_grad():

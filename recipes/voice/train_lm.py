@@ -37,6 +37,7 @@ from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.common import (
     TrainLog,
     batch_generator,
+    checkpoint_dir,
     copy_checkpoint,
     load_audio,
     load_checkpoint,
@@ -222,7 +223,7 @@ def train(args: argparse.Namespace) -> Path:
         raise SystemExit("--depth-only trains a depth decoder for a trained backbone: give --init (e.g. "
                          "edge/voices/edge-voice)")
     if args.init is not None:  # a new run starting from trained LM weights; the codec stays --codec's
-        trained = CsmForConditionalGeneration.from_pretrained(args.init, use_safetensors=True)
+        trained = CsmForConditionalGeneration.from_pretrained(checkpoint_dir(args.init), use_safetensors=True)
         depth_size = model.config.depth_decoder_config.hidden_size, trained.config.depth_decoder_config.hidden_size
         init_from(model, trained, new_depth_decoder=args.depth_only and depth_size[0] != depth_size[1])
         log.info("initialised the LM from %s", args.init)
