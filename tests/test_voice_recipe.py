@@ -3,7 +3,6 @@ input layout, codec and LM training resumed from checkpoints, and the trained we
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -17,16 +16,7 @@ from safetensors.torch import load_file
 from edge.quantize.accuracy import test_signal as speech_like
 from edge.runtime.audio import write_wav
 from recipes.voice import data, ship, train_codec, train_lm
-from recipes.voice.common import load_codec
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _quality_module():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from recipes.voice.common import load_codec, quality_module
 
 
 def test_wordnet_sentences_are_cleaned_and_split_stably(tmp_path):
@@ -188,7 +178,7 @@ def test_trained_codec_exports_and_round_trips(codec_runs, tmp_path):
 
     bundle = export_bundle("mimi-tiny", tmp_path / "codec", ["onnx"], checkpoint=codec_runs[0])
     assert bundle.model["codebook_size"] == train_codec.VOICE_MIMI["codebook_size"]
-    quality = _quality_module()
+    quality = quality_module()
     clip = speech_like(24000, 0.4)
     result, [rebuilt] = quality.codec_fidelity(bundle.root, [clip], 24000)
     assert np.isfinite(result["snr_db"]) and result["log_mel_db"] >= 0 and rebuilt.shape == clip.shape
@@ -316,6 +306,6 @@ def test_diagnose_decodes_teacher_forced_variants(corpus, codec_runs, tmp_path):
 
 
 def test_wer_counts_word_edits():
-    quality = _quality_module()
+    quality = quality_module()
     assert quality.words("Hello, World's end-game!") == ["hello", "world's", "end", "game"]
     assert quality.wer(["the cat sat", "a b"], ["the bat sat down", "a b"]) == pytest.approx(2 / 5)

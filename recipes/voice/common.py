@@ -88,9 +88,14 @@ def setup(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    """The utterances of a manifest (jsonl): id, text, wav path relative to the manifest, seconds."""
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
 def load_audio(manifest: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """The utterances of a manifest (jsonl) and their 24 kHz audio."""
-    utts = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    utts = read_manifest(manifest)
     audio = []
     for u in utts:
         a, rate = read_wav(manifest.parent / u["wav"])
@@ -98,6 +103,17 @@ def load_audio(manifest: Path) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
             raise SystemExit(f"{u['wav']} is {rate} Hz; the data recipe writes {VOICE_MIMI['sampling_rate']} Hz")
         audio.append(a)
     return utts, audio
+
+
+def quality_module():
+    """``benchmarks/quality.py`` (a script, not a package) as a module: its recognizer and WER."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", Path(__file__).resolve().parents[2] / "benchmarks"
+                                                  / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def checkpoint_dir(path: Path) -> Path:

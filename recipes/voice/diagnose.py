@@ -19,7 +19,6 @@ It also reports each codebook's top-1 accuracy against the true codes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -30,18 +29,10 @@ from transformers import CsmForConditionalGeneration
 
 from edge.presets import BYTE_VOCAB
 from edge.runtime.tokenizers import ByteTokenizer
-from recipes.voice.common import load_audio, setup
+from recipes.voice.common import load_audio, quality_module, setup
 from recipes.voice.train_lm import backbone_states, encode_all
 
 log = logging.getLogger("recipes.voice.diagnose")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _quality():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @torch.no_grad()
@@ -56,7 +47,7 @@ def depth_greedy(model: CsmForConditionalGeneration, states: torch.Tensor, first
 
 @torch.no_grad()
 def diagnose(lm: Path, manifest: Path, limit: int | None = None) -> dict:
-    quality = _quality()
+    quality = quality_module()
     recognize = quality.Recognizer()
     model = CsmForConditionalGeneration.from_pretrained(lm, use_safetensors=True).eval()
     codec, k = model.codec_model, model.config.num_codebooks

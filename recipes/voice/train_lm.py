@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ from recipes.voice.common import (
     load_audio,
     load_checkpoint,
     load_codec,
+    read_manifest,
     save_run,
     set_learning_rate,
     setup,
@@ -110,7 +112,7 @@ def load_codes(codec: MimiModel, manifest: Path, num_codebooks: int) -> tuple[li
     (``codes-<key>.pt``), so a resumed run or a second run on the same codec starts at once."""
     cache = manifest.parent / f"codes-{codes_key(codec, manifest, num_codebooks)}.pt"
     if cache.is_file():
-        utts = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        utts = read_manifest(manifest)
         codes = torch.load(cache)
         if len(codes) == len(utts):
             log.info("read the codes of %d utterances from %s", len(codes), cache)
@@ -167,20 +169,30 @@ def is_dev(text: str, every: int) -> bool:
     return every > 0 and int(hashlib.sha256(text.encode()).hexdigest(), 16) % every == 0
 
 
+@contextmanager
+def evaluating(model: CsmForConditionalGeneration) -> Iterator[None]:
+    """Eval mode inside, the model's previous mode after (its frozen codec always in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        model.codec_model.eval()
+
+
 @torch.no_grad()
 def dev_loss(model: CsmForConditionalGeneration, prompts: list[list[int]], codes: list[torch.Tensor],
              dev: list[int], batch: int) -> dict[str, float]:
     """Teacher-forced losses on the dev utterances (eval mode; each batch weighted by its utterances)."""
-    model.eval()
     sums = {"dev_backbone": 0.0, "dev_depth": 0.0}
-    for i in range(0, len(dev), batch):
-        pick = dev[i:i + batch]
-        embeds, labels = make_batch(model, prompts, codes, pick)
-        out = model(inputs_embeds=embeds, labels=labels)
-        sums["dev_backbone"] += out.backbone_loss.item() * len(pick)
-        sums["dev_depth"] += out.depth_decoder_loss.item() * len(pick)
-    model.train()
-    model.codec_model.eval()
+    with evaluating(model):
+        for i in range(0, len(dev), batch):
+            pick = dev[i:i + batch]
+            embeds, labels = make_batch(model, prompts, codes, pick)
+            out = model(inputs_embeds=embeds, labels=labels)
+            sums["dev_backbone"] += out.backbone_loss.item() * len(pick)
+            sums["dev_depth"] += out.depth_decoder_loss.item() * len(pick)
     return {k: v / len(dev) for k, v in sums.items()}
 
 
@@ -195,16 +207,14 @@ def backbone_states(model: CsmForConditionalGeneration, prompts: list[list[int]]
                     pick: list[int], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Every frame of utterances `pick` (end-of-speech frames included) as (F, K) codes, with the (F, H)
     backbone state that predicts it: what the depth decoder sees, teacher-forced, in eval mode."""
-    model.eval()
     states, frames = [], []
-    for i in range(0, len(pick), batch):
-        embeds, labels = make_batch(model, prompts, codes, pick[i:i + batch])
-        hidden = model.backbone_model(inputs_embeds=embeds).last_hidden_state
-        b, t = (labels[..., 0] != -100).nonzero(as_tuple=True)
-        states.append(hidden[b, t - 1])
-        frames.append(labels[b, t])
-    model.train()
-    model.codec_model.eval()
+    with evaluating(model):
+        for i in range(0, len(pick), batch):
+            embeds, labels = make_batch(model, prompts, codes, pick[i:i + batch])
+            hidden = model.backbone_model(inputs_embeds=embeds).last_hidden_state
+            b, t = (labels[..., 0] != -100).nonzero(as_tuple=True)
+            states.append(hidden[b, t - 1])
+            frames.append(labels[b, t])
     return torch.cat(states), torch.cat(frames)
 
 
@@ -266,13 +276,11 @@ def train(args: argparse.Namespace) -> Path:
 
         @torch.no_grad()
         def dev_losses() -> dict[str, float]:
-            model.eval()
             n, total = len(dev_frames[0]), 0.0
-            for i in range(0, n, args.frames):
-                part = slice(i, i + args.frames)
-                total += depth_loss(model, dev_frames[0][part], dev_frames[1][part]).item() * len(dev_frames[0][part])
-            model.train()
-            model.codec_model.eval()
+            with evaluating(model):
+                for i in range(0, n, args.frames):
+                    states, frames = dev_frames[0][i:i + args.frames], dev_frames[1][i:i + args.frames]
+                    total += depth_loss(model, states, frames).item() * len(frames)
             return {"dev_depth": total / n}
     else:
         def losses(gen: torch.Generator) -> dict[str, torch.Tensor]:
