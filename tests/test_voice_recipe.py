@@ -3,6 +3,7 @@ input layout, codec and LM training resumed from checkpoints, and the trained we
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
@@ -309,3 +310,21 @@ def test_wer_counts_word_edits():
     quality = quality_module()
     assert quality.words("Hello, World's end-game!") == ["hello", "world's", "end", "game"]
     assert quality.wer(["the cat sat", "a b"], ["the bat sat down", "a b"]) == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), [
+    ("train_lm", ["--batch", "0"], "argument --batch: 0 is too small: give at least 1"),
+    ("train_lm", ["--audio-dropout", "1"], "argument --audio-dropout: 1 is out of range"),
+    ("train_lm", ["--lr", "0"], "argument --lr: 0 is out of range: give a number above 0"),
+    ("train_codec", ["--frames", "x"], "argument --frames: 'x' is not a whole number"),
+    ("train_codec", ["--w-mel", "-1"], "argument --w-mel: -1 is out of range"),
+    ("data", ["--train", "-5"], "argument --train: -5 is too small: give at least 0"),
+    ("ship", ["--temperature", "nan"], "argument --temperature: nan is out of range"),
+    ("diagnose", ["--limit", "0"], "argument --limit: 0 is too small"),
+])
+def test_out_of_range_flags_are_one_line_errors(module, argv, message, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", [module, *argv])
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"recipes.voice.{module}").main()
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

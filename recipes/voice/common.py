@@ -22,6 +22,7 @@ import torch
 
 from edge.presets import BYTE_VOCAB, BYTE_VOCAB_SIZE
 from edge.runtime.audio import read_wav
+from recipes.voice.args import COUNT, NON_NEGATIVE, POSITIVE
 
 log = logging.getLogger("recipes.voice")
 
@@ -165,16 +166,16 @@ def trainer_parser(description: str, out: str, init_help: str, batch: int, warmu
     ap.add_argument("--out", type=Path, default=Path(out))
     ap.add_argument("--init", type=Path, help=f"start a new run from {init_help} (e.g. edge/voices/edge-voice); "
                     "ignored when --out already has a checkpoint to resume")
-    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this run")
-    ap.add_argument("--steps", type=int, default=None, help="stop at this total step instead of --minutes")
-    ap.add_argument("--batch", type=int, default=batch)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--warmup", type=int, default=warmup)
-    ap.add_argument("--decay-steps", type=int, help="cosine learning-rate decay to lr/10 at this total step")
+    ap.add_argument("--minutes", type=POSITIVE, default=15.0, help="wall-clock budget of this run")
+    ap.add_argument("--steps", type=COUNT, default=None, help="stop at this total step instead of --minutes")
+    ap.add_argument("--batch", type=COUNT, default=batch)
+    ap.add_argument("--lr", type=POSITIVE, default=1e-3)
+    ap.add_argument("--warmup", type=NON_NEGATIVE, default=warmup)
+    ap.add_argument("--decay-steps", type=COUNT, help="cosine learning-rate decay to lr/10 at this total step")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--threads", type=COUNT, default=1)
+    ap.add_argument("--log-every", type=COUNT, default=10)
+    ap.add_argument("--save-every", type=COUNT, default=200)
     return ap
 
 

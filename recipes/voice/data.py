@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.runtime.audio import read_wav, write_wav
+from recipes.voice.args import COUNT, NON_NEGATIVE
 
 log = logging.getLogger("recipes.voice.data")
 
@@ -198,10 +199,10 @@ def generate(voice: PiperVoice, texts: list[str], out: Path) -> Iterator[tuple[U
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("data/voice"))
-    ap.add_argument("--train", type=int, default=400, help="training sentences")
-    ap.add_argument("--test", type=int, default=50, help="held-out test sentences")
+    ap.add_argument("--train", type=NON_NEGATIVE, default=400, help="training sentences")
+    ap.add_argument("--test", type=NON_NEGATIVE, default=50, help="held-out test sentences")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the teacher")
+    ap.add_argument("--threads", type=COUNT, default=1, help="onnxruntime threads for the teacher")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 

@@ -29,6 +29,7 @@ from transformers import CsmForConditionalGeneration
 
 from edge.presets import BYTE_VOCAB
 from edge.runtime.tokenizers import ByteTokenizer
+from recipes.voice.args import COUNT
 from recipes.voice.common import load_audio, quality_module, setup
 from recipes.voice.train_lm import backbone_states, encode_all
 
@@ -83,8 +84,8 @@ def main() -> None:
     ap.add_argument("--lm", type=Path, default=Path("edge/voices/edge-voice"),
                     help="an LM checkpoint with its codec (train_lm's runs/lm/best, or a shipped voice)")
     ap.add_argument("--data", type=Path, default=Path("data/voice"), help="the data recipe's output directory")
-    ap.add_argument("--limit", type=int, help="only the first N held-out sentences")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit", type=COUNT, help="only the first N held-out sentences")
+    ap.add_argument("--threads", type=COUNT, default=1)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
     setup(args.threads)

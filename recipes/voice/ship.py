@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edge.presets import CHECKPOINT_FILES
 from edge.quantize.accuracy import test_signal
+from recipes.voice.args import COUNT, WEIGHT
 from recipes.voice.common import checkpoint_dir, load_codec, setup
 
 log = logging.getLogger("recipes.voice.ship")
@@ -82,9 +83,9 @@ def main() -> None:
     ap.add_argument("--lm", type=Path, default=Path("runs/lm/last"))
     ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"))
     ap.add_argument("--out", type=Path, default=VOICE_DIR)
-    ap.add_argument("--temperature", type=float, default=0.0,
+    ap.add_argument("--temperature", type=WEIGHT, default=0.0,
                     help="sampling the voice recommends (0: greedy); pick it by benchmarks/quality.py --temperature")
-    ap.add_argument("--top-k", type=int, default=50, help="with --temperature > 0")
+    ap.add_argument("--top-k", type=COUNT, default=50, help="with --temperature > 0")
     args = ap.parse_args()
     setup(1)
     ship(args.lm, args.codec, args.out, args.temperature, args.top_k)

@@ -47,6 +47,7 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import MimiConfig, MimiModel
 
 from edge.quantize.accuracy import mel_filters
+from recipes.voice.args import COUNT, NON_NEGATIVE, WEIGHT
 from recipes.voice.common import (
     VOICE_MIMI,
     TrainLog,
@@ -355,15 +356,15 @@ def train(args: argparse.Namespace) -> Path:
 def parser() -> argparse.ArgumentParser:
     ap = trainer_parser(__doc__.split("\n\n")[0], "runs/codec", "these weights (a codec or CSM checkpoint)",
                         batch=8, warmup=0)
-    ap.add_argument("--frames", type=int, default=12, help="crop length in 80 ms frames")
-    ap.add_argument("--w-l1", type=float, default=1.0)
-    ap.add_argument("--w-mel", type=float, default=1.0)
-    ap.add_argument("--w-adv", type=float, default=0.0,
+    ap.add_argument("--frames", type=COUNT, default=12, help="crop length in 80 ms frames")
+    ap.add_argument("--w-l1", type=WEIGHT, default=1.0)
+    ap.add_argument("--w-mel", type=WEIGHT, default=1.0)
+    ap.add_argument("--w-adv", type=WEIGHT, default=0.0,
                     help="weight of the adversarial loss of a multi-resolution STFT discriminator (0: none)")
-    ap.add_argument("--w-feat", type=float, default=2.0, help="weight of its feature matching loss (with --w-adv)")
-    ap.add_argument("--num-filters", type=int, help="convolution width (default: --init's, or "
+    ap.add_argument("--w-feat", type=WEIGHT, default=2.0, help="weight of its feature matching loss (with --w-adv)")
+    ap.add_argument("--num-filters", type=COUNT, help="convolution width (default: --init's, or "
                     f"{VOICE_MIMI['num_filters']}); wider than --init's widens it without changing its output")
-    ap.add_argument("--autoencoder-steps", type=int, default=3000,
+    ap.add_argument("--autoencoder-steps", type=NON_NEGATIVE, default=3000,
                     help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks "
                     "(0: keep --init's encoder and codebooks and tune its decoder only)")
     return ap

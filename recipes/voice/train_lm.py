@@ -35,6 +35,7 @@ from transformers import CsmConfig, CsmForConditionalGeneration, MimiModel
 from edge.export.families.mimi import samples_per_frame
 from edge.presets import BYTE_VOCAB
 from edge.runtime.tokenizers import ByteTokenizer
+from recipes.voice.args import COUNT, FRACTION, NON_NEGATIVE
 from recipes.voice.common import (
     TrainLog,
     batch_generator,
@@ -329,17 +330,17 @@ def parser() -> argparse.ArgumentParser:
                         batch=16, warmup=100)
     ap.add_argument("--codec", type=Path, default=Path("runs/codec/last"),
                     help="codec checkpoint directory (a codec or CSM checkpoint)")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--depth-hidden", type=int, default=64)
-    ap.add_argument("--depth-layers", type=int, default=2)
-    ap.add_argument("--audio-dropout", type=float, default=0.0,
+    ap.add_argument("--hidden", type=COUNT, default=128)
+    ap.add_argument("--layers", type=COUNT, default=4)
+    ap.add_argument("--depth-hidden", type=COUNT, default=64)
+    ap.add_argument("--depth-layers", type=COUNT, default=2)
+    ap.add_argument("--audio-dropout", type=FRACTION, default=0.0,
                     help="dropout on the frames' input embeddings in training (makes the model read the text)")
     ap.add_argument("--depth-only", action="store_true",
                     help="train only the depth decoder (of any --depth-hidden/--depth-layers) for --init's "
                     "backbone, which stays frozen: its states for every frame are computed once")
-    ap.add_argument("--frames", type=int, default=2048, help="frames per step with --depth-only")
-    ap.add_argument("--dev-every", type=int, default=50,
+    ap.add_argument("--frames", type=COUNT, default=2048, help="frames per step with --depth-only")
+    ap.add_argument("--dev-every", type=NON_NEGATIVE, default=50,
                     help="hold one utterance in N out of training (by a hash of its text) and log its loss at "
                     "every checkpoint (0: no dev split)")
     return ap
