@@ -298,7 +298,7 @@ def test_diagnose_decodes_teacher_forced_variants(corpus, codec_runs, tmp_path):
     lm = train_lm.build_lm(codec, 3, hidden=32, layers=1, depth_hidden=16, depth_layers=1).eval()
     lm.save_pretrained(tmp_path / "lm")
     states, first = torch.randn(5, 32), torch.randint(1, 256, (5,))
-    frames = diagnose.depth_greedy(lm, states, first)
+    frames = train_lm.depth_greedy(lm, states, first)
     assert frames.shape == (5, 8) and torch.equal(frames[:, 0], first)
     result = diagnose.diagnose(tmp_path / "lm", corpus / "train.jsonl", limit=2)
     assert result["sentences"] == 2 and len(result["top1_accuracy_per_codebook"]) == 8
@@ -328,3 +328,53 @@ def test_out_of_range_flags_are_one_line_errors(module, argv, message, monkeypat
         importlib.import_module(f"recipes.voice.{module}").main()
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_lm_code_crops_hold_the_audio_under_their_codes():
+    spf, gen = 4, torch.Generator().manual_seed(0)
+    codes = [torch.arange(n)[:, None].repeat(1, 3) for n in (5, 9)]  # frame j's codes are j
+    audio = [np.repeat(np.arange(n, dtype=np.float32), spf) for n in (5, 9)]  # and so are its samples
+    crops, truth = train_codec.lm_code_crops(codes, audio, 6, 3, spf, gen)
+    assert crops.shape == (6, 3, 3) and truth.shape == (6, 1, 12)
+    assert torch.equal(truth[:, 0, ::spf], crops[:, 0].float())
+
+
+def test_decoder_tunes_on_the_codes_an_lm_predicts(corpus, codec_runs, tmp_path, caplog):
+    from edge.presets import BYTE_VOCAB
+    from edge.runtime.tokenizers import ByteTokenizer
+
+    codec = load_codec(codec_runs[0])
+    lm = train_lm.build_lm(codec, 3, hidden=32, layers=1, depth_hidden=16, depth_layers=1).eval()
+    lm.save_pretrained(tmp_path / "lm")
+    utts, codes = train_lm.load_codes(codec, corpus / "train.jsonl", 8)
+    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
+    prompts = [tok.encode(u["text"], 0) for u in utts]
+    predicted = train_lm.predicted_codes(lm, prompts, codes)
+    for i in range(len(codes)):  # one utterance at a time predicts the same frames as all at once
+        states, _ = train_lm.backbone_states(lm, prompts, codes, [i])
+        alone = train_lm.depth_greedy(lm, states, lm.lm_head(states).argmax(-1))[:-1]
+        assert predicted[i].shape == codes[i].shape and torch.equal(predicted[i], alone)
+
+    def args(out: Path, steps: int, *extra: str):
+        return train_codec.parser().parse_args([
+            "--data", str(corpus), "--out", str(out), "--init", str(codec_runs[0]), "--steps", str(steps),
+            "--batch", "4", "--frames", "2", "--save-every", "2", "--autoencoder-steps", "0", "--lr", "1e-2",
+            "--lm-codes", str(tmp_path / "lm"), *extra])
+
+    caplog.set_level(logging.INFO, "recipes.voice.train_lm")
+    tuned = train_codec.train(args(tmp_path / "tuned", 2))
+    [cache] = corpus.glob("lm-codes-*.pt")
+    assert all(torch.equal(a, b) for a, b in zip(torch.load(cache), predicted, strict=True))
+    before, after = load_file(codec_runs[0] / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder", "quantizer")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    caplog.clear()
+    train_codec.train(args(tmp_path / "tuned", 4))  # resumed: the LM's codes come from the cache
+    assert f"from {cache}" in caplog.text
+    with pytest.raises(SystemExit, match="--lm-codes tunes the decoder"):
+        train_codec.train(args(tmp_path / "both", 2, "--autoencoder-steps", "2"))
+    other = _codec_args(corpus, tmp_path / "other", 3)
+    other.seed = 1
+    train_lm.build_lm(load_codec(train_codec.train(other))).save_pretrained(tmp_path / "other-lm")
+    with pytest.raises(SystemExit, match="trained on another codec's codes"):
+        train_codec.train(args(tmp_path / "refused", 2, "--lm-codes", str(tmp_path / "other-lm")))

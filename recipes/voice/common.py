@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edge.presets import BYTE_VOCAB, BYTE_VOCAB_SIZE
+from edge.quantize.accuracy import test_signal
 from edge.runtime.audio import read_wav
 from recipes.voice.args import COUNT, NON_NEGATIVE, POSITIVE
 
@@ -135,6 +136,14 @@ def load_codec(path: Path):
     if json.loads((path / "config.json").read_text()).get("model_type") == "csm":
         return CsmForConditionalGeneration.from_pretrained(path, use_safetensors=True).codec_model
     return MimiModel.from_pretrained(path, use_safetensors=True)
+
+
+@torch.no_grad()
+def same_codes(a, b) -> bool:
+    """Whether two codecs give the same codes for 8 s of speech-like signal (a decoder tuned with
+    ``--autoencoder-steps 0`` does: its encoder and codebooks are the ones it started from)."""
+    signal = torch.from_numpy(test_signal(a.config.sampling_rate, seconds=8.0))[None, None]
+    return torch.equal(a.encode(signal).audio_codes, b.encode(signal).audio_codes)
 
 
 def batch_generator(seed: int, step: int) -> torch.Generator:

@@ -31,19 +31,9 @@ from edge.presets import BYTE_VOCAB
 from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.args import COUNT
 from recipes.voice.common import load_audio, quality_module, setup
-from recipes.voice.train_lm import backbone_states, encode_all
+from recipes.voice.train_lm import backbone_states, depth_greedy, encode_all
 
 log = logging.getLogger("recipes.voice.diagnose")
-
-
-@torch.no_grad()
-def depth_greedy(model: CsmForConditionalGeneration, states: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """Frames (F, K) whose codebook 0 is `first` and whose other codebooks the depth decoder picks greedily."""
-    frames = torch.stack([torch.zeros_like(first), first], 1)  # position 0 takes the backbone state
-    for _ in range(model.config.num_codebooks - 1):
-        logits = model.depth_decoder(input_ids=frames, backbone_last_hidden_state=states).logits[:, -1]
-        frames = torch.cat([frames, logits.argmax(-1, keepdim=True)], 1)
-    return frames[:, 1:]
 
 
 @torch.no_grad()

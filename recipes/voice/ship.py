@@ -22,9 +22,8 @@ import shutil
 from pathlib import Path
 
 from edge.presets import CHECKPOINT_FILES
-from edge.quantize.accuracy import test_signal
 from recipes.voice.args import COUNT, WEIGHT
-from recipes.voice.common import checkpoint_dir, load_codec, setup
+from recipes.voice.common import checkpoint_dir, load_codec, same_codes, setup
 
 log = logging.getLogger("recipes.voice.ship")
 
@@ -37,15 +36,11 @@ def _run_record(ckpt: Path) -> dict:
 
 
 def ship(lm: Path, codec: Path, out: Path = VOICE_DIR, temperature: float = 0.0, top_k: int = 50) -> Path:
-    import torch
     from transformers import CsmForConditionalGeneration
 
     model = CsmForConditionalGeneration.from_pretrained(checkpoint_dir(lm), use_safetensors=True)
     final = load_codec(codec)
-    signal = torch.from_numpy(test_signal(final.config.sampling_rate, seconds=8.0))[None, None]
-    with torch.no_grad():
-        same = torch.equal(model.codec_model.encode(signal).audio_codes, final.encode(signal).audio_codes)
-    if not same:
+    if not same_codes(model.codec_model, final):
         raise SystemExit(f"{codec} codes audio differently from the codec {lm} was trained on; ship the codec "
                          "the LM's codes came from, or one tuned from it with --autoencoder-steps 0")
     model.codec_model, model.config.codec_config = final, final.config

@@ -44,22 +44,28 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
-from transformers import MimiConfig, MimiModel
+from transformers import CsmForConditionalGeneration, MimiConfig, MimiModel
 
+from edge.export.families.mimi import samples_per_frame
+from edge.presets import BYTE_VOCAB
 from edge.quantize.accuracy import mel_filters
-from recipes.voice.args import COUNT, NON_NEGATIVE, WEIGHT
+from edge.runtime.tokenizers import ByteTokenizer
+from recipes.voice.args import COUNT, FRACTION, NON_NEGATIVE, WEIGHT
 from recipes.voice.common import (
     VOICE_MIMI,
     TrainLog,
     batch_generator,
+    checkpoint_dir,
     load_audio,
     load_checkpoint,
     load_codec,
+    same_codes,
     save_run,
     set_learning_rate,
     setup,
     trainer_parser,
 )
+from recipes.voice.train_lm import cached, load_codes, predicted_codes
 
 log = logging.getLogger("recipes.voice.train_codec")
 
@@ -264,10 +270,44 @@ def random_crops(audio: list[np.ndarray], batch: int, samples: int, gen: torch.G
     return out
 
 
+def lm_code_crops(codes: list[torch.Tensor], audio: list[np.ndarray], batch: int, frames: int, spf: int,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` random crops of `frames` frames of `spf` samples, aligned to frame boundaries: (codes (B, K,
+    frames), the true audio under them (B, 1, frames * spf)). Shorter utterances are padded (codes repeat
+    their last frame, audio is zero)."""
+    out_codes = torch.zeros(batch, codes[0].shape[1], frames, dtype=torch.long)
+    out_audio = torch.zeros(batch, 1, frames * spf)
+    for b in range(batch):
+        i = int(torch.randint(0, len(codes), (1,), generator=gen))
+        start = int(torch.randint(0, max(1, len(codes[i]) - frames + 1), (1,), generator=gen))
+        crop = codes[i][start:start + frames]
+        out_codes[b] = torch.cat([crop, crop[-1:].expand(frames - len(crop), -1)]).T
+        wave = torch.from_numpy(audio[i][start * spf:(start + frames) * spf])
+        out_audio[b, 0, :wave.numel()] = wave
+    return out_codes, out_audio
+
+
+def load_lm_codes(lm_dir: Path, codec: MimiModel, manifest: Path) -> list[torch.Tensor]:
+    """The codes the LM of `lm_dir` predicts for every training utterance, teacher-forced (`predicted_codes`,
+    cached beside the manifest), after checking that `codec` codes audio as the LM's codec does."""
+    lm = CsmForConditionalGeneration.from_pretrained(checkpoint_dir(lm_dir), use_safetensors=True).eval()
+    if not same_codes(lm.codec_model, codec):
+        raise SystemExit(f"--lm-codes {lm_dir} was trained on another codec's codes; give an LM trained on the "
+                         "codes of --init's codec")
+    k = lm.config.num_codebooks
+    utts, codes = load_codes(lm.codec_model, manifest, k)
+    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
+    prompts = [tok.encode(u["text"], 0) for u in utts]
+    return cached("lm-codes", lm, manifest, k, lambda: predicted_codes(lm, prompts, codes))
+
+
 def train(args: argparse.Namespace) -> Path:
     setup(args.threads)
     if args.autoencoder_steps == 0 and args.init is None:
         raise SystemExit("--autoencoder-steps 0 tunes the decoder of --init's codec; give --init")
+    if args.lm_codes is not None and args.autoencoder_steps > 0:
+        raise SystemExit("--lm-codes tunes the decoder of a trained codec on an LM's codes for it: give --init "
+                         "and --autoencoder-steps 0")
     _, audio = load_audio(args.data / "train.jsonl")
     ckpt, train_log = args.out / "last", TrainLog(args.out / "log.jsonl")
     if (ckpt / "state.json").is_file():  # resumed below; the checkpoint's config says how wide it is
@@ -297,6 +337,8 @@ def train(args: argparse.Namespace) -> Path:
         step, seconds = state["step"], state["seconds"]
         log.info("resumed from %s at step %d (%.1f min trained)", ckpt, step, seconds / 60)
     train_log.truncate(step)
+    lm_codes = load_lm_codes(args.lm_codes, model, args.data / "train.jsonl") if args.lm_codes else None
+    n_lm = min(round(args.batch * args.lm_share), args.batch - 1) if lm_codes else 0  # one true crop at least
     mel_loss = MelLoss(VOICE_MIMI["sampling_rate"])
     samples = args.frames * 1920
     log.info("codec: %.2f M parameters, %d training utterances (%.2f h)", sum(p.numel() for p in model.parameters())
@@ -312,12 +354,18 @@ def train(args: argparse.Namespace) -> Path:
         if quantized:
             model.encoder.requires_grad_(False)
             model.quantizer.requires_grad_(False)
-        x = random_crops(audio, args.batch, samples, gen)
+        x = random_crops(audio, args.batch - n_lm, samples, gen)
         latents = model.encoder(x).latents
         if quantized:
             z, codes = quantize(model, latents)
         else:
             z, codes = bottleneck(model, latents), None
+        if n_lm:  # crops decoded from the LM's codes, against the true audio under them
+            predicted, truth = lm_code_crops(lm_codes, audio, n_lm, args.frames,
+                                             samples_per_frame(model.config), gen)
+            with torch.no_grad():
+                z = torch.cat([z, model.quantizer.decode(predicted)])
+            x = torch.cat([x, truth])
         y = model.decoder(z).audio_values[..., :samples]
         l1, mel = F.l1_loss(y, x), mel_loss(y[:, 0], x[:, 0])
         loss = args.w_l1 * l1 + args.w_mel * mel
@@ -367,6 +415,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--autoencoder-steps", type=NON_NEGATIVE, default=3000,
                     help="phase 1 length: train encoder and decoder without quantization, then fit the codebooks "
                     "(0: keep --init's encoder and codebooks and tune its decoder only)")
+    ap.add_argument("--lm-codes", type=Path,
+                    help="an LM checkpoint trained on --init's codes (e.g. edge/voices/edge-voice): part of each "
+                    "batch is decoded from the codes it predicts, teacher-forced, so the decoder learns to make "
+                    "the true audio from the LM's imperfect codes")
+    ap.add_argument("--lm-share", type=FRACTION, default=0.5, help="share of each batch from --lm-codes")
     return ap
 
 

@@ -25,7 +25,7 @@ import argparse
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,35 +98,42 @@ def init_from(model: CsmForConditionalGeneration, trained: CsmForConditionalGene
                                   for k in missing), missing
 
 
-def codes_key(codec: MimiModel, manifest: Path, num_codebooks: int) -> str:
-    """What the codes of a manifest depend on: the codec's weights and config, the manifest, the codebook count."""
+def cache_key(model: torch.nn.Module, manifest: Path, num_codebooks: int) -> str:
+    """What codes computed for a manifest depend on: the model's weights and config, the manifest, the
+    codebook count."""
     h = hashlib.sha256(manifest.read_bytes())
-    h.update(f"{codec.config.to_json_string()}{num_codebooks}".encode())
-    for name, tensor in sorted(codec.state_dict().items()):
+    h.update(f"{model.config.to_json_string()}{num_codebooks}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def load_codes(codec: MimiModel, manifest: Path, num_codebooks: int) -> tuple[list[dict], list[torch.Tensor]]:
-    """The utterances of `manifest` and their codes, encoded once per codec and kept beside the manifest
-    (``codes-<key>.pt``), so a resumed run or a second run on the same codec starts at once."""
-    cache = manifest.parent / f"codes-{codes_key(codec, manifest, num_codebooks)}.pt"
+def cached(kind: str, model: torch.nn.Module, manifest: Path, num_codebooks: int,
+           compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-utterance codes that `model` gives for `manifest`, computed once and kept beside the manifest
+    (``<kind>-<key>.pt``), so a resumed run or a second run on the same model starts at once."""
+    cache = manifest.parent / f"{kind}-{cache_key(model, manifest, num_codebooks)}.pt"
     if cache.is_file():
-        utts = read_manifest(manifest)
         codes = torch.load(cache)
-        if len(codes) == len(utts):
-            log.info("read the codes of %d utterances from %s", len(codes), cache)
-            return utts, codes
-    utts, audio = load_audio(manifest)
+        if len(codes) == len(read_manifest(manifest)):
+            log.info("read the %s of %d utterances from %s", kind, len(codes), cache)
+            return codes
     t = time.perf_counter()
-    codes = encode_all(codec, audio, num_codebooks)
-    log.info("encoded %d utterances (%d frames) in %.0f s", len(codes), sum(len(c) for c in codes),
-             time.perf_counter() - t)
+    codes = compute()
+    log.info("computed the %s of %d utterances (%d frames) in %.0f s", kind, len(codes),
+             sum(len(c) for c in codes), time.perf_counter() - t)
     tmp = cache.with_suffix(".tmp")
     torch.save(codes, tmp)
     tmp.replace(cache)
-    return utts, codes
+    return codes
+
+
+def load_codes(codec: MimiModel, manifest: Path, num_codebooks: int) -> tuple[list[dict], list[torch.Tensor]]:
+    """The utterances of `manifest` and their codes, encoded once per codec (`cached`)."""
+    codes = cached("codes", codec, manifest, num_codebooks,
+                   lambda: encode_all(codec, load_audio(manifest)[1], num_codebooks))
+    return read_manifest(manifest), codes
 
 
 @torch.no_grad()
@@ -223,6 +230,32 @@ def depth_loss(model: CsmForConditionalGeneration, states: torch.Tensor, frames:
     """The depth decoder's loss on frames given their backbone states (as transformers computes it in training)."""
     inputs = torch.nn.functional.pad(frames[:, :-1], (1, 0))  # position 0 takes the backbone state
     return model.depth_decoder(input_ids=inputs, backbone_last_hidden_state=states, labels=frames).loss
+
+
+@torch.no_grad()
+def depth_greedy(model: CsmForConditionalGeneration, states: torch.Tensor, first: torch.Tensor,
+                 chunk: int = 4096) -> torch.Tensor:
+    """Frames (F, K) whose codebook 0 is `first` and whose other codebooks the depth decoder picks greedily,
+    one after another, given each frame's backbone state (`chunk` frames at a time)."""
+    out = []
+    for s, f in zip(states.split(chunk), first.split(chunk), strict=True):
+        frames = torch.stack([torch.zeros_like(f), f], 1)  # position 0 takes the backbone state
+        for _ in range(model.config.num_codebooks - 1):
+            logits = model.depth_decoder(input_ids=frames, backbone_last_hidden_state=s).logits[:, -1]
+            frames = torch.cat([frames, logits.argmax(-1, keepdim=True)], 1)
+        out.append(frames[:, 1:])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def predicted_codes(model: CsmForConditionalGeneration, prompts: list[list[int]],
+                    codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The LM's greedy codes (frames, K) for every frame of every utterance, teacher-forced on `codes`: the
+    backbone sees the true previous frames, so each predicted frame stays aligned with the true audio."""
+    states, _ = backbone_states(model, prompts, codes, list(range(len(codes))))
+    with evaluating(model):
+        frames = depth_greedy(model, states, model.lm_head(states).argmax(-1))
+    return [f[:-1].clone() for f in frames.split([len(c) + 1 for c in codes])]  # without end-of-speech frames
 
 
 def train(args: argparse.Namespace) -> Path:
