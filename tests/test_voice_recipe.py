@@ -346,6 +346,9 @@ def test_decoder_tunes_on_the_codes_an_lm_predicts(corpus, codec_runs, tmp_path,
     codec = load_codec(codec_runs[0])
     lm = train_lm.build_lm(codec, 3, hidden=32, layers=1, depth_hidden=16, depth_layers=1).eval()
     lm.save_pretrained(tmp_path / "lm")
+    # The codes cache is found from the codec alone and from the codec inside an LM (whose config has no dtype).
+    key = train_lm.cache_key(codec, corpus / "train.jsonl", 8)
+    assert train_lm.cache_key(lm.codec_model, corpus / "train.jsonl", 8) == key
     utts, codes = train_lm.load_codes(codec, corpus / "train.jsonl", 8)
     tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
     prompts = [tok.encode(u["text"], 0) for u in utts]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -102,7 +103,9 @@ def cache_key(model: torch.nn.Module, manifest: Path, num_codebooks: int) -> str
     """What codes computed for a manifest depend on: the model's weights and config, the manifest, the
     codebook count."""
     h = hashlib.sha256(manifest.read_bytes())
-    h.update(f"{model.config.to_json_string()}{num_codebooks}".encode())
+    # Not the config's dtype: a codec loaded on its own records one, the same codec inside a CSM does not.
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("dtype", "transformers_version")}
+    h.update(f"{json.dumps(config, sort_keys=True, default=str)}{num_codebooks}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().numpy().tobytes())
