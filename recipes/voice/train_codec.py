@@ -25,6 +25,12 @@ its decoder, so an LM trained on the old codec's codes stays valid (``recipes.vo
 With ``--num-filters`` wider than ``--init``'s, that run first widens the codec without changing what it
 computes (`widen`): the decoder gains capacity while the codes, and so the LM, stay as they are.
 
+``--lm-codes LM`` (phase 2 only) also shows the decoder the codes an LM trained on this codec's codes
+predicts (as vocoders are tuned on a TTS model's predicted features): the LM runs teacher-forced over every
+training utterance (`train_lm.predicted_codes`, once, cached beside the manifest as ``lm-codes-<key>.pt``), so
+its greedy frames stay aligned with the true audio, and ``--lm-share`` of each batch is crops of those frames,
+decoded against the audio under them.
+
 ``--w-adv W`` adds a two-resolution STFT discriminator (hinge loss, plus feature matching weighted by
 ``--w-feat``); its weights and optimizer go into the checkpoint. Measured on this CPU it has not paid yet: 80
 minutes of decoder tuning with it raised the codec-only WER from 0.453 to 0.563.
