@@ -29,7 +29,9 @@ computes (`widen`): the decoder gains capacity while the codes, and so the LM, s
 predicts (as vocoders are tuned on a TTS model's predicted features): the LM runs teacher-forced over every
 training utterance (`train_lm.predicted_codes`, once, cached beside the manifest as ``lm-codes-<key>.pt``), so
 its greedy frames stay aligned with the true audio, and ``--lm-share`` of each batch is crops of those frames,
-decoded against the audio under them.
+decoded against the audio under them. Measured once (half of each batch, 5,000 steps from the shipped voice)
+it has not paid: the voice's WER on 400 held-out sentences was 0.581, against 0.579 for the same tuning on
+true codes alone.
 
 ``--w-adv W`` adds a two-resolution STFT discriminator (hinge loss, plus feature matching weighted by
 ``--w-feat``); its weights and optimizer go into the checkpoint. Measured on this CPU it has not paid yet: 80
@@ -346,7 +348,8 @@ def train(args: argparse.Namespace) -> Path:
     lm_codes = load_lm_codes(args.lm_codes, model, args.data / "train.jsonl") if args.lm_codes else None
     n_lm = min(round(args.batch * args.lm_share), args.batch - 1) if lm_codes else 0  # one true crop at least
     mel_loss = MelLoss(VOICE_MIMI["sampling_rate"])
-    samples = args.frames * 1920
+    spf = samples_per_frame(model.config)
+    samples = args.frames * spf
     log.info("codec: %.2f M parameters, %d training utterances (%.2f h)", sum(p.numel() for p in model.parameters())
              / 1e6, len(audio), sum(a.size for a in audio) / VOICE_MIMI["sampling_rate"] / 3600)
     start = time.perf_counter()
@@ -367,8 +370,7 @@ def train(args: argparse.Namespace) -> Path:
         else:
             z, codes = bottleneck(model, latents), None
         if n_lm:  # crops decoded from the LM's codes, against the true audio under them
-            predicted, truth = lm_code_crops(lm_codes, audio, n_lm, args.frames,
-                                             samples_per_frame(model.config), gen)
+            predicted, truth = lm_code_crops(lm_codes, audio, n_lm, args.frames, spf, gen)
             with torch.no_grad():
                 z = torch.cat([z, model.quantizer.decode(predicted)])
             x = torch.cat([x, truth])
