@@ -340,9 +340,6 @@ def test_lm_code_crops_hold_the_audio_under_their_codes():
 
 
 def test_decoder_tunes_on_the_codes_an_lm_predicts(corpus, codec_runs, tmp_path, caplog):
-    from edge.presets import BYTE_VOCAB
-    from edge.runtime.tokenizers import ByteTokenizer
-
     codec = load_codec(codec_runs[0])
     lm = train_lm.build_lm(codec, 3, hidden=32, layers=1, depth_hidden=16, depth_layers=1).eval()
     lm.save_pretrained(tmp_path / "lm")
@@ -350,8 +347,7 @@ def test_decoder_tunes_on_the_codes_an_lm_predicts(corpus, codec_runs, tmp_path,
     key = train_lm.cache_key(codec, corpus / "train.jsonl", 8)
     assert train_lm.cache_key(lm.codec_model, corpus / "train.jsonl", 8) == key
     utts, codes = train_lm.load_codes(codec, corpus / "train.jsonl", 8)
-    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
-    prompts = [tok.encode(u["text"], 0) for u in utts]
+    prompts = train_lm.text_prompts(utts)
     predicted = train_lm.predicted_codes(lm, prompts, codes)
     for i in range(len(codes)):  # one utterance at a time predicts the same frames as all at once
         states, _ = train_lm.backbone_states(lm, prompts, codes, [i])

@@ -27,11 +27,9 @@ import numpy as np
 import torch
 from transformers import CsmForConditionalGeneration
 
-from edge.presets import BYTE_VOCAB
-from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.args import COUNT
 from recipes.voice.common import load_audio, quality_module, setup
-from recipes.voice.train_lm import backbone_states, depth_greedy, encode_all
+from recipes.voice.train_lm import backbone_states, depth_greedy, encode_all, text_prompts
 
 log = logging.getLogger("recipes.voice.diagnose")
 
@@ -44,12 +42,11 @@ def diagnose(lm: Path, manifest: Path, limit: int | None = None) -> dict:
     codec, k = model.codec_model, model.config.num_codebooks
     utts, audio = load_audio(manifest)
     utts, audio = utts[:limit], audio[:limit]
-    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
     heard: dict[str, list[str]] = {v: [] for v in ("teacher_codes", "backbone", "depth_decoder", "lm")}
     hits, frames_seen = np.zeros(k), 0
     for i, (utt, clip) in enumerate(zip(utts, audio, strict=True)):
         codes = encode_all(codec, [clip], k)
-        states, true = backbone_states(model, [tok.encode(utt["text"], 0)], codes, [0])
+        states, true = backbone_states(model, text_prompts([utt]), codes, [0])
         states, true = states[:-1], true[:-1]  # the end-of-speech frame is not audio
         first = model.lm_head(states).argmax(-1)
         depth = depth_greedy(model, states, true[:, 0])

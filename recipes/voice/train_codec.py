@@ -55,9 +55,7 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import CsmForConditionalGeneration, MimiConfig, MimiModel
 
 from edge.export.families.mimi import samples_per_frame
-from edge.presets import BYTE_VOCAB
 from edge.quantize.accuracy import mel_filters
-from edge.runtime.tokenizers import ByteTokenizer
 from recipes.voice.args import COUNT, FRACTION, NON_NEGATIVE, WEIGHT
 from recipes.voice.common import (
     VOICE_MIMI,
@@ -73,7 +71,7 @@ from recipes.voice.common import (
     setup,
     trainer_parser,
 )
-from recipes.voice.train_lm import cached, load_codes, predicted_codes
+from recipes.voice.train_lm import cached, load_codes, predicted_codes, text_prompts
 
 log = logging.getLogger("recipes.voice.train_codec")
 
@@ -303,10 +301,12 @@ def load_lm_codes(lm_dir: Path, codec: MimiModel, manifest: Path) -> list[torch.
         raise SystemExit(f"--lm-codes {lm_dir} was trained on another codec's codes; give an LM trained on the "
                          "codes of --init's codec")
     k = lm.config.num_codebooks
-    utts, codes = load_codes(lm.codec_model, manifest, k)
-    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
-    prompts = [tok.encode(u["text"], 0) for u in utts]
-    return cached("lm-codes", lm, manifest, k, lambda: predicted_codes(lm, prompts, codes))
+
+    def predict() -> list[torch.Tensor]:  # only when the cache lacks them: the true codes may need encoding
+        utts, codes = load_codes(lm.codec_model, manifest, k)
+        return predicted_codes(lm, text_prompts(utts), codes)
+
+    return cached("lm-codes", lm, manifest, k, predict)
 
 
 def train(args: argparse.Namespace) -> Path:

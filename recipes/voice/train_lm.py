@@ -104,7 +104,7 @@ def cache_key(model: torch.nn.Module, manifest: Path, num_codebooks: int) -> str
     codebook count."""
     h = hashlib.sha256(manifest.read_bytes())
     # Not the config's dtype: a codec loaded on its own records one, the same codec inside a CSM does not.
-    config = {k: v for k, v in model.config.to_dict().items() if k not in ("dtype", "transformers_version")}
+    config = {k: v for k, v in model.config.to_dict().items() if k != "dtype"}
     h.update(f"{json.dumps(config, sort_keys=True, default=str)}{num_codebooks}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -150,6 +150,12 @@ def encode_all(codec: MimiModel, audio: list, num_codebooks: int) -> list[torch.
         x = torch.nn.functional.pad(x, (0, -x.numel() % spf))[None, None]
         out.append(codec.encode(x, num_quantizers=num_codebooks).audio_codes[0].T.contiguous())
     return out
+
+
+def text_prompts(utts: list[dict]) -> list[list[int]]:
+    """Each utterance's prompt as edge's runtime feeds it: ``[bos] "[0]" + text [eos]`` in UTF-8 byte ids."""
+    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
+    return [tok.encode(u["text"], 0) for u in utts]
 
 
 def make_batch(model: CsmForConditionalGeneration, prompts: list[list[int]], codes: list[torch.Tensor],
@@ -275,8 +281,7 @@ def train(args: argparse.Namespace) -> Path:
         init_from(model, trained, new_depth_decoder=args.depth_only and depth_size[0] != depth_size[1])
         log.info("initialised the LM from %s", args.init)
     utts, codes = load_codes(model.codec_model, args.data / "train.jsonl", model.config.num_codebooks)
-    tok = ByteTokenizer(BYTE_VOCAB["bos"], BYTE_VOCAB["eos"])
-    prompts = [tok.encode(u["text"], 0) for u in utts]
+    prompts = text_prompts(utts)
     dev = [i for i, u in enumerate(utts) if is_dev(u["text"], args.dev_every)]
     fit = sorted(set(range(len(utts))) - set(dev))
     if not fit:
