@@ -13,7 +13,6 @@ any cache. It takes a second or two and is cached per machine under the edge cac
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge.devices.cache import cache_file, cached_measurement, machine_id
+from edge.runtime.sessions import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _best_rate(fn, parts: list, nbytes: int, pool: ThreadPoolExecutor) -> float:
 
 def measure_bandwidth(threads: int | None = None, buffer_bytes: int = BUFFER_BYTES) -> Bandwidth:
     """Measure read and copy bandwidth with `threads` workers (numpy releases the GIL for both)."""
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or cpu_count()
     n = buffer_bytes // 4 // threads * threads
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)  # touched by the first copy, before anything is timed
@@ -70,7 +70,7 @@ def measure_bandwidth(threads: int | None = None, buffer_bytes: int = BUFFER_BYT
 
 def machine_bandwidth(threads: int | None = None, refresh: bool = False) -> Bandwidth:
     """This machine's bandwidth, measured once and cached (keyed by machine and thread count)."""
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or cpu_count()
 
     def measure() -> dict:
         log.info("measuring this machine's memory bandwidth (%d threads; once, then cached in %s)", threads,

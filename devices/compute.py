@@ -8,7 +8,6 @@ Measured once per machine and thread count, cached next to the bandwidth measure
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from edge.devices.cache import cache_file, cached_measurement, machine_id
 from edge.errors import EdgeError
+from edge.runtime.sessions import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _matmul_model(n: int) -> bytes:
 def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
     import onnxruntime as ort
 
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or cpu_count()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -73,7 +73,7 @@ def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
 
 def machine_compute(threads: int | None = None, refresh: bool = False) -> Compute:
     """This machine's FP32 matmul throughput, measured once and cached (keyed by machine and thread count)."""
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or cpu_count()
 
     def measure() -> dict:
         log.info("measuring this machine's matmul throughput (%d threads; once, then cached in %s)", threads,

@@ -92,8 +92,18 @@ class TorchSession:
         return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
 
+def cpu_count() -> int:
+    """The cores this process may run on: its affinity mask where the OS has one (Linux), else every core the
+    OS reports (macOS, Windows). Every thread default and bound in edge comes from here."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13+: affinity-aware on every OS
+        return max(1, os.process_cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
+    return cpu_count()
 
 
 # An ONNX graph whose weights are smaller than this runs on one thread by default: its operators are so
