@@ -33,7 +33,7 @@ from edge.devices.opprofile import executorch_op_profile, onnx_op_profile, onnx_
 from edge.errors import EdgeError
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
-from edge.runtime.sessions import Session, default_threads
+from edge.runtime.sessions import Session, check_threads, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,7 @@ def profile(bundles: list[str | Path], devices: list[Device], backends: list[str
         raise EdgeError(f"--frames must be positive, got {frames}")
     if repeats <= 0:
         raise EdgeError(f"--repeats must be positive, got {repeats}")
-    if threads is not None and threads <= 0:
-        raise EdgeError(f"--threads must be positive, got {threads}")
+    check_threads(threads)
     step = on_step or (lambda _msg: None)
     loaded = [load_bundle(b) for b in bundles]
     plan = []

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edge.devices.roofline import LABEL
 from edge.errors import EdgeError
+from edge.outputs import check_dir_out, staged_dir
 
 FILES = ("index.html", "profile.json")
 
@@ -180,34 +178,23 @@ def render_html(profile: dict) -> str:
 """
 
 
+def _is_report(path: Path) -> bool:
+    return all(p.name in FILES for p in path.iterdir())
+
+
 def check_report_dir(out: Path) -> None:
-    """Refuse, before any slow work, a --report directory that cannot be written or is not ours to replace."""
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise EdgeError(f"cannot write the report: directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise EdgeError(f"cannot write the report: directory '{parent}' is not writable")
-    if out.exists() and (not out.is_dir() or any(p.name not in FILES for p in out.iterdir())):
-        raise EdgeError(f"'{out}' exists and is not an edge profile report; choose another --report directory")
+    """Refuse, before any slow work, a --report directory that cannot be written or is not ours to replace (an
+    earlier report is replaced: see `edge.outputs`)."""
+    check_dir_out(out, force=True, ours=_is_report, what="an edge profile report", flag="--report")
 
 
 def write_report(profile: dict, out: Path) -> Path:
     """Write `index.html` + `profile.json` into `out` atomically (temporary sibling, then rename)."""
     check_report_dir(out)
-    parent = out.parent if str(out.parent) else Path(".")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as e:
-        raise EdgeError(f"cannot write the report in '{parent}' ({e.strerror})") from None
-    try:
-        (tmp / "index.html").write_text(render_html(profile))
-        (tmp / "profile.json").write_text(json.dumps(profile, indent=2, default=float) + "\n")
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with staged_dir(out) as tmp:
+            (tmp / "index.html").write_text(render_html(profile))
+            (tmp / "profile.json").write_text(json.dumps(profile, indent=2, default=float) + "\n")
     except OSError as e:
         raise EdgeError(f"cannot write the report to '{out}' ({e.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out / "index.html"

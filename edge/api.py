@@ -1,34 +1,55 @@
-"""The Python API; each function mirrors an `edge` command.
+"""The Python API, and the one place that orchestrates a command: each function here is an `edge` command
+(the CLI only parses and prints), with the same checks, so a script gets the same one-line `EdgeError`s.
 
-    from edge.api import speak, profile
-    speak("Hello there.", out="hello.wav")            # default preset, exported on first use
-    profile(["bundle"], devices=["raspberry-pi-5"])   # what `edge profile bundle --device raspberry-pi-5` measures
-    voice = Voice.load("bundle", backend="onnx")      # or drive the stream yourself
+    from edge.api import export, quantize, speak, profile
+    export("csm-tiny", out="voice", backends="all")   # edge export csm-tiny --backend all --out voice
+    quantize("voice", "int8", out="voice-int8")        # edge quantize voice --recipe int8 --out voice-int8
+    speak("Hello there.", out="hello.wav")             # default voice, exported on first use
+    profile(["voice"], devices=["raspberry-pi-5"])    # edge profile voice --device raspberry-pi-5
+    voice = Voice.load("voice", backend="onnx")        # or drive the stream yourself
     for chunk in voice.stream("Hello there."): ...
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from edge import __version__
-from edge.bundle import FORMAT_VERSION
+from edge.bundle import FORMAT_VERSION, Bundle, load_bundle
 from edge.errors import EdgeError
+from edge.outputs import WavSink, check_audio_out, check_dir_out
 from edge.presets import DEFAULT_PRESET, get_preset
-from edge.runtime.audio import check_writable, to_pcm16, write_wav
-from edge.runtime.loop import Voice
+from edge.runtime.audio import to_pcm16
+from edge.runtime.loop import Voice, check_seconds, check_text
 from edge.runtime.sampler import SamplingConfig
+from edge.runtime.sessions import check_threads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Voice", "SamplingConfig", "default_bundle", "devices", "profile", "speak"]
+__all__ = ["Voice", "SamplingConfig", "default_bundle", "devices", "evaluate", "export", "inspect", "profile",
+           "quantize", "speak"]
+
+Step = Callable[[str], None]
+
+
+def _positive(flag: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise EdgeError(f"{flag} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _path(flag: str, value: Any) -> Path:
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise EdgeError(f"{flag} must be a path, got {value!r}")
+    return Path(value)
 
 
 def cache_dir() -> Path:
@@ -40,22 +61,125 @@ def cache_dir() -> Path:
 
 def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:
     """The cached bundle of a built-in preset for one backend, exported on first use (and again when the
-    package's weights for it change: their digest is part of the name)."""
+    package's weights for it change: their digest is part of the name, or when the cached copy is broken)."""
     digest = get_preset(preset).weights_digest()[:12]
     path = cache_dir() / "-".join(filter(None, (preset, __version__, f"f{FORMAT_VERSION}", digest, backend)))
-    if (path / "manifest.json").is_file():
-        return path
+    if path.exists():
+        try:
+            load_bundle(path)
+            return path
+        except EdgeError as e:
+            log.warning("the cached %s voice at %s is broken (%s); exporting it again", preset, path, e)
+            shutil.rmtree(path)  # edge's own cache entry, named by edge
     try:
         from edge.export.build import EXPORT_BACKENDS, export_bundle
     except ImportError as e:
         raise EdgeError(f"no --bundle given and the default voice needs exporting, which needs the export extra "
                         f"('{e.name}' missing): pip install 'edge-codec-tts[export]', or pass --bundle") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("exporting the %s preset to %s (first use only)", preset, path)
     if backend not in EXPORT_BACKENDS:
         raise EdgeError(f"unknown backend '{backend}'; choose one of {', '.join(EXPORT_BACKENDS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("exporting the %s preset to %s (first use only)", preset, path)
     export_bundle(preset, path, [backend], force=True)
     return path
+
+
+def export(
+    preset: str = DEFAULT_PRESET,
+    out: str | Path = "bundle",
+    backends: str | Sequence[str] = "onnx",
+    checkpoint: str | Path | None = None,
+    prompt_capacity: int | None = None,
+    kv_capacity: int | None = None,
+    recipe: str | None = None,
+    group_size: int = 32,
+    force: bool = False,
+    on_step: Step | None = None,
+) -> Bundle:
+    """Export a preset (or a local checkpoint) into a bundle, quantized with `recipe` if given (`edge export`).
+
+    `backends`: "onnx", "executorch", "torch", a comma list, a list, or "all". Every graph is checked against
+    the eager reference before the bundle is written; a failed export leaves nothing behind.
+    """
+    from edge.export.build import export_bundle, parse_backends
+
+    step = on_step or (lambda _: None)
+    out = _path("--out", out)
+    ckpt = None if checkpoint is None else _path("--checkpoint", checkpoint)
+    if ckpt is not None and not ckpt.is_dir():
+        raise EdgeError(f"--checkpoint '{ckpt}' is not a directory; give a local Hugging Face checkpoint directory")
+    options = {k: _positive(f"--{k.replace('_', '-')}", v)
+               for k, v in {"prompt_capacity": prompt_capacity, "kv_capacity": kv_capacity}.items() if v is not None}
+    chosen = parse_backends(backends if isinstance(backends, str) else ",".join(backends))
+    protect = [ckpt] if ckpt is not None else []
+    check_dir_out(out, force, protect=protect)  # before the slow export
+    if recipe is None:
+        return export_bundle(preset, out, chosen, ckpt, options, force, on_step=step)
+    from edge.quantize import parse_recipe, quantize_bundle
+    from edge.quantize.recipes import check_group_size
+
+    parse_recipe(recipe)  # refuse a bad recipe before the slow export
+    check_group_size(group_size)
+    if "executorch" in chosen and "torch" not in chosen:
+        chosen.append("torch")  # ExecuTorch quantization starts from the torch reference
+    # The fp32 bundle is built in a hidden sibling of --out that a killed run's successor cleans up.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent) as tmp:
+        fp32 = export_bundle(preset, Path(tmp) / "fp32", chosen, ckpt, options, on_step=step)
+        return quantize_bundle(fp32.root, recipe, out, group_size, force, on_step=step)
+
+
+def quantize(
+    bundle: str | Path,
+    recipe: str,
+    out: str | Path,
+    group_size: int = 32,
+    backends: Sequence[str] | None = None,
+    force: bool = False,
+    on_step: Step | None = None,
+) -> Bundle:
+    """Quantize each graph of `bundle` with its own recipe into a new bundle `out` (`edge quantize`)."""
+    from edge.quantize import quantize_bundle
+
+    if not isinstance(recipe, str):
+        raise EdgeError(f"--recipe must be text such as int8 or lm=int4,depth=int8, got {recipe!r}")
+    return quantize_bundle(_path("BUNDLE", bundle), recipe, _path("--out", out), group_size, force,
+                           on_step=on_step or (lambda _: None), backends=backends)
+
+
+def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict[str, Any]:
+    """What quantization cost, `bundle` against the fp32 bundle it came from (`edge eval`)."""
+    from edge.quantize import evaluate as _evaluate
+
+    if backend not in ("onnx", "executorch"):
+        raise EdgeError(f"--backend must be onnx or executorch, got {backend!r}")
+    return _evaluate(_path("BUNDLE", bundle), _path("--against", against), backend, _positive("--frames", frames))
+
+
+def summary(bundle: Bundle) -> dict[str, Any]:
+    """A bundle's manifest as `edge inspect --json` prints it: graphs with their bytes per backend."""
+    return {
+        "bundle": str(bundle.root),
+        "family": bundle.family,
+        "preset": bundle.manifest["preset"],
+        "format_version": bundle.manifest["format_version"],
+        "backends": bundle.backends(),
+        "model": bundle.model,
+        "sampling": bundle.manifest.get("sampling", {}),
+        "graphs": {
+            name: {**g, "bytes": {b: bundle.file_bytes(name, b) for b in g["files"]}}
+            for name, g in bundle.graphs.items()
+        },
+    }
+
+
+def inspect(bundle: str | Path) -> dict[str, Any]:
+    """Validate a bundle whole (schema, version, paths, sha256, and that every graph file parses with the
+    inputs and outputs the manifest declares) and summarize it (`edge inspect`)."""
+    from edge.runtime.sessions import check_graph_files
+
+    loaded = load_bundle(_path("BUNDLE", bundle))
+    check_graph_files(loaded)
+    return summary(loaded)
 
 
 def speak(
@@ -71,35 +195,50 @@ def speak(
     seed: int = 0,
     max_seconds: float = 10.0,
     threads: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Speak `text`: write a WAV to `out` and/or raw 16-bit PCM chunks to `pcm_sink` as they decode.
+    """Speak `text`: a WAV to `out` and/or raw 16-bit PCM chunks to `pcm_sink`, as they decode (`edge speak`).
 
+    `out` may be a file (written whole or not at all), "-" for stdout, or a FIFO or device (written as a
+    stream); an existing file that is not a WAV or lies inside a bundle is replaced only with `force`.
     `temperature`, `top_k` and `top_p` left out take the voice's recommended sampling (its manifest's
-    ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and timings (what `edge speak
-    --json` prints).
+    ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and timings (`edge speak --json`).
     """
+    check_text(text)
+    check_threads(threads)
+    check_seconds(max_seconds)
+    if out is None and pcm_sink is None:
+        raise EdgeError("nowhere to put the audio; give out (--out FILE.wav) and/or a pcm_sink (--stream)")
     if out is not None:
-        check_writable(out)
+        check_audio_out(_path("--out", out), force)  # before any export
     flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     SamplingConfig().override(**flags)  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
     sampling = voice.sampling.override(**flags)
     stream = voice.stream(text, speaker, sampling, max_seconds)
-    chunks = []
-    for chunk in stream:
-        chunks.append(chunk)
-        if pcm_sink is not None:
-            pcm_sink.write(to_pcm16(chunk))
-            pcm_sink.flush()
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if out is not None:
-        write_wav(out, audio, voice.sample_rate)
+    sink = WavSink(out, voice.sample_rate, force) if out is not None else None
+    samples = 0
+    try:
+        for chunk in stream:
+            pcm = to_pcm16(chunk)
+            samples += chunk.size
+            if sink is not None:
+                sink.write(pcm)
+            if pcm_sink is not None:
+                pcm_sink.write(pcm)
+                pcm_sink.flush()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    if sink is not None:
+        sink.close()
     return {
         "text": text,
         "bundle": str(voice.bundle.root),
         "out": str(out) if out is not None else None,
         "sample_rate": voice.sample_rate,
-        "samples": int(audio.size),
+        "samples": samples,
         "frames": stream.stats.frames,
         "sampling": asdict(sampling),
         "stats": stream.stats.to_json(),
@@ -121,7 +260,7 @@ def profile(
     frames: int = 25,
     repeats: int = 20,
     report: str | Path | None = None,
-    on_step: Callable[[str], None] | None = None,
+    on_step: Step | None = None,
 ) -> dict[str, Any]:
     """Profile one or more voice bundles here and project them onto catalogued devices (`edge profile`).
 
@@ -132,9 +271,12 @@ def profile(
     from edge.devices.profiler import profile as run_profile
     from edge.devices.report import check_report_dir, write_report
 
+    check_threads(threads)
+    _positive("--frames", frames)
+    _positive("--repeats", repeats)
     chosen = [get_device(n) for n in devices] if devices else list(load_catalogue().values())
     if report is not None:
-        check_report_dir(Path(report))  # before the slow part
+        check_report_dir(_path("--report", report))  # before the slow part
     paths = bundles if isinstance(bundles, list) else [bundles]
     result = run_profile(paths, chosen, backends, threads, frames, repeats, on_step)
     if report is not None:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -24,6 +24,7 @@ import jsonschema
 
 from edge import __version__
 from edge.errors import EdgeError
+from edge.outputs import check_dir_out, commit_dir, staging
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgeError(f"{mpath} is not valid JSON ({e}); the bundle is corrupt, re-export it") from None
+    except RecursionError:
+        raise EdgeError(f"{mpath} is nested too deeply to be a manifest; the bundle is corrupt, re-export it") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("format_version"), int):
         raise EdgeError(f"{mpath} has no integer format_version; the bundle is corrupt, re-export it")
     version = manifest["format_version"]
@@ -124,6 +127,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         )
     try:
         jsonschema.validate(manifest, _schema())
+    except RecursionError:
+        raise EdgeError(f"{mpath} is nested too deeply to be a manifest; the bundle is corrupt, re-export it") from None
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise EdgeError(f"{mpath} is invalid at {where}: {e.message}; re-export the bundle") from None
@@ -167,21 +172,15 @@ def _check_writes(mpath: Path, name: str, graph: dict) -> None:
 class BundleWriter:
     """Build a bundle in a temporary sibling directory; `commit()` renames it into place.
 
-    Used as a context manager: if the body raises, the temporary directory is removed and
-    nothing is left at the destination.
+    Used as a context manager: if the body raises (an interrupt included), the temporary directory is
+    removed and nothing is left at the destination. Where it may write is `edge.outputs`' policy: `overwrite`
+    (``--force``) replaces only a bundle or an empty directory, and never a directory that holds or is
+    inside one of `protect` (the input bundle, a checkpoint).
     """
 
-    def __init__(self, out: str | Path, overwrite: bool = False):
-        self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise EdgeError(f"'{self.out}' already exists; pass --force to replace it or choose another --out")
-        parent = self.out.parent
-        if not parent.exists():
-            raise EdgeError(f"directory '{parent}' does not exist; create it or choose another --out")
-        try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent)).resolve()
-        except OSError as e:
-            raise EdgeError(f"cannot write to '{parent}' ({e.strerror}); choose another --out") from None
+    def __init__(self, out: str | Path, overwrite: bool = False, protect: Sequence[Path] = ()):
+        self.out = check_dir_out(Path(out), overwrite, protect=protect)
+        self.tmp = staging(self.out, directory=True).resolve()
         self.overwrite = overwrite
 
     def __enter__(self) -> BundleWriter:
@@ -211,13 +210,6 @@ class BundleWriter:
         }
         jsonschema.validate(manifest, _schema())
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.out, old)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
+        commit_dir(self.tmp, self.out)
         log.info("wrote bundle %s (%d files)", self.out, len(files))
         return Bundle(self.out, manifest)

@@ -64,6 +64,7 @@ def _main(
             r.name.startswith(_NOISY) or f"{os.sep}onnxruntime{os.sep}quantization{os.sep}" in r.pathname))
         logging.getLogger("torch.utils._pytree").addFilter(lambda r: r.levelno >= logging.ERROR)
         warnings.filterwarnings("ignore")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
 
 
@@ -86,59 +87,27 @@ def export(
     recipe: Annotated[str | None, typer.Option(help="Quantize as part of the export, e.g. int8 or "
                                                     "lm=int4,depth=int8,codec=fp16 (see `edge quantize`).")] = None,
     group_size: Annotated[int, typer.Option(help="int4 group size, with --recipe.")] = 32,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it is an edge bundle (or empty).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Export a preset (or a checkpoint) into a bundle of codec and LM graphs with explicit state.
 
     Each graph is checked against the eager reference before the bundle is written; a failed
-    export leaves nothing behind.
+    export leaves nothing behind. `--force` replaces only an edge bundle (or an empty directory),
+    never the checkpoint or a directory holding it.
     """
-    from edge.export.build import export_bundle, parse_backends
+    from edge.api import export as api_export
 
-    options = {k: v for k, v in {"prompt_capacity": prompt_capacity, "kv_capacity": kv_capacity}.items()
-               if v is not None}
-    for k, v in options.items():
-        if v <= 0:
-            raise EdgeError(f"--{k.replace('_', '-')} must be positive, got {v}")
-    backends = parse_backends(backend)
     with _progress(as_json) as progress:
         task = progress.add_task("export", total=None)
-        step = lambda d: progress.update(task, description=d)  # noqa: E731
-        if recipe is None:
-            bundle = export_bundle(preset, out, backends, checkpoint, options, force, on_step=step)
-        else:
-            import tempfile
-
-            from edge.quantize import parse_recipe, quantize_bundle
-
-            parse_recipe(recipe)  # refuse a bad recipe before the slow export
-            if "executorch" in backends and "torch" not in backends:
-                backends.append("torch")  # ExecuTorch quantization starts from the torch reference
-            with tempfile.TemporaryDirectory(prefix=".edge-export-", dir=out.parent if out.parent.is_dir() else None) \
-                    as tmp:
-                fp32 = export_bundle(preset, Path(tmp) / "fp32", backends, checkpoint, options, on_step=step)
-                bundle = quantize_bundle(fp32.root, recipe, out, group_size, force, on_step=step)
+        bundle = api_export(preset, out, backend, checkpoint, prompt_capacity, kv_capacity, recipe, group_size, force,
+                            on_step=lambda d: progress.update(task, description=d))
     if as_json:
-        _print_json(_summary(bundle))
+        from edge.api import summary
+
+        _print_json(summary(bundle))
     else:
         err.print(f"wrote [bold]{bundle.root}[/] ({', '.join(bundle.backends())}); see `edge inspect {bundle.root}`")
-
-
-def _summary(bundle) -> dict:
-    return {
-        "bundle": str(bundle.root),
-        "family": bundle.family,
-        "preset": bundle.manifest["preset"],
-        "format_version": bundle.manifest["format_version"],
-        "backends": bundle.backends(),
-        "model": bundle.model,
-        "sampling": bundle.manifest.get("sampling", {}),
-        "graphs": {
-            name: {**g, "bytes": {b: bundle.file_bytes(name, b) for b in g["files"]}}
-            for name, g in bundle.graphs.items()
-        },
-    }
 
 
 def _progress(quiet: bool):
@@ -159,24 +128,24 @@ def quantize(
                                                      "default: every one the bundle has.")] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Measure what it cost against the input "
                                                                       "bundle and print it.")] = True,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it is an edge bundle (or empty).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
 ) -> None:
     """Quantize each graph of a bundle with its own recipe (codec convs and LM matmuls react differently)."""
-    from edge.quantize import quantize_bundle
+    from edge.api import quantize as api_quantize
 
     backends = [backend] if backend else None
     with _progress(as_json) as progress:
         task = progress.add_task("quantize", total=None)
-        bundle = quantize_bundle(bundle_dir, recipe, out, group_size, force,
-                                 on_step=lambda d: progress.update(task, description=d), backends=backends)
+        bundle = api_quantize(bundle_dir, recipe, out, group_size, backends, force,
+                              on_step=lambda d: progress.update(task, description=d))
     err.print(f"wrote [bold]{bundle.root}[/]: " + ", ".join(f"{n}={g['recipe']}" for n, g in bundle.graphs.items()))
     if evaluate:
         _eval_and_print(bundle.root, bundle_dir, (backend or bundle.backends()[0]), as_json)
 
 
 def _eval_and_print(bundle_dir: Path, against: Path, backend: str, as_json: bool, frames: int = 20) -> None:
-    from edge.quantize import evaluate
+    from edge.api import evaluate
 
     report = evaluate(bundle_dir, against, backend, frames)
     if as_json:
@@ -194,8 +163,6 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Measure what quantization cost: codec SNR / log-mel, LM and depth top-1 + KL, identical frames, size, speed."""
-    if frames <= 0:
-        raise EdgeError(f"--frames must be positive, got {frames}")
     _eval_and_print(bundle_dir, against, backend, as_json, frames)
 
 
@@ -204,28 +171,28 @@ def inspect(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
 ) -> None:
-    """Validate a bundle (schema, version, paths, sha256 of every file) and show its graphs."""
-    from edge.bundle import load_bundle
+    """Validate a bundle (schema, version, paths, sha256 of every file, each graph file's inputs and outputs)
+    and show its graphs."""
+    from edge.api import inspect as api_inspect
 
-    bundle = load_bundle(bundle_dir)
-    summary = _summary(bundle)
+    info = api_inspect(bundle_dir)
     if as_json:
-        _print_json(summary)
+        _print_json(info)
         return
     out = Console()
-    m = bundle.model
-    out.print(f"[bold]{bundle.root}[/]: {bundle.family} / {summary['preset']}, format {summary['format_version']}, "
-              f"backends {', '.join(bundle.backends())}: OK (all sha256 match)")
+    m = info["model"]
+    out.print(f"[bold]{info['bundle']}[/]: {info['family']} / {info['preset']}, format {info['format_version']}, "
+              f"backends {', '.join(info['backends'])}: OK (all sha256 match, graphs as declared)")
     out.print(", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, (dict, list))))
-    if summary["sampling"]:
+    if info["sampling"]:
         out.print("recommended sampling (speak's default): "
-                  + ", ".join(f"{k}={v}" for k, v in summary["sampling"].items()))
+                  + ", ".join(f"{k}={v}" for k, v in info["sampling"].items()))
     table = Table("graph", "recipe", "bytes", "inputs", "outputs", "state")
     # A written state (a KV cache) shows where a call's new entries go: "written at <index output>[axis]".
     fmt = lambda ts: "\n".join(  # noqa: E731
         f"{t['name']} {t['dtype']}{t['shape']}"
         + (f" written at {t['write']['index']}[axis {t['write']['axis']}]" if t.get("write") else "") for t in ts)
-    for name, g in summary["graphs"].items():
+    for name, g in info["graphs"].items():
         sizes = "\n".join(f"{b}: {n:,}" for b, n in g["bytes"].items())
         table.add_row(name, g["recipe"], sizes, fmt(g["inputs"]), fmt(g["outputs"]), fmt(g["state"]))
     out.print(table)
@@ -236,7 +203,8 @@ def speak(
     text: Annotated[str, typer.Argument(help="Text to speak; '-' reads it from standard input.")],
     bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
                                                     f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="WAV file to write.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="WAV file to write ('-': stdout; a FIFO or device "
+                                                         "is written as a stream).")] = None,
     stream: Annotated[
         bool,
         typer.Option("--stream", help="Write raw 16-bit mono PCM to stdout as it is decoded "
@@ -254,28 +222,45 @@ def speak(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     max_seconds: Annotated[float, typer.Option(help="Stop after this much audio.")] = 10.0,
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads per graph (default: all cores; one for ONNX graphs under 8 MB).")] = None,
+        help="CPU threads per graph, at most this machine's cores (default: all cores; one for ONNX graphs under "
+             "8 MB).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out even if it is not a WAV or lies inside a "
+                                                        "bundle.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print timing and run facts as JSON (to stderr with --stream).")
     ] = False,
 ) -> None:
-    """Speak TEXT with a bundle: streaming decode, audio out chunk by chunk as frames decode."""
+    """Speak TEXT with a bundle: streaming decode, audio out chunk by chunk as frames decode.
+
+    `--out` replaces an existing WAV whole once the audio is complete (nothing is written if the run
+    fails); it never replaces a file that is not a WAV, or one inside a bundle, without `--force`.
+    """
     from edge.api import speak as api_speak
 
     if out is None and not stream:
         raise EdgeError("nowhere to put the audio; give --out FILE.wav and/or --stream")
-    if text == "-":
-        text = sys.stdin.read()
+    if stream and out is not None and str(out) == "-":
+        raise EdgeError("--stream and --out - both write to stdout; choose one")
+    text = _decoded(sys.stdin.buffer.read() if text == "-" else text)
     sink = sys.stdout.buffer if stream else None
     result = api_speak(text, bundle=bundle_dir, out=out, pcm_sink=sink, backend=backend, speaker=speaker,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
-                       threads=threads)
+                       threads=threads, force=force)
+    to_stdout = stream or (out is not None and str(out) == "-")
     if as_json:
-        (err.print_json if stream else _print_json)(json.dumps(result, default=float) if stream else result)
-    elif not stream:
+        (err.print_json if to_stdout else _print_json)(json.dumps(result, default=float) if to_stdout else result)
+    elif not to_stdout:
         s = result["stats"]
         err.print(f"wrote {out}: {s['audio_seconds']:.2f} s of audio, first audio {1000 * s['first_audio']:.0f} ms, "
                   f"RTF {s['rtf']:.3f} ({backend})")
+
+
+def _decoded(text: str | bytes) -> str:
+    """Text from argv (undecodable bytes arrive as surrogates) or stdin (bytes) as checked UTF-8."""
+    try:
+        return text.decode("utf-8") if isinstance(text, bytes) else text.encode("utf-8").decode("utf-8")
+    except UnicodeError:
+        raise EdgeError("text is not valid UTF-8; give UTF-8 text (e.g. convert it with iconv -t UTF-8)") from None
 
 
 @app.command()
@@ -358,29 +343,31 @@ def profile(
         err.print(f"wrote [bold]{result['report']}[/]")
 
 
+def _fail(message: str, code: int = 2) -> None:
+    err.print(message, highlight=False, soft_wrap=True, markup=False)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console entry point: run the app, turning user errors into one line and exit code 2, an interrupt into
+    one line and 130."""
     # A plain SIGTERM (a job scheduler, `kill`) would end Python without unwinding, leaving half-written
     # bundles and WAVs behind; as SystemExit it unwinds through the writers' cleanup like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except EdgeError as e:
         if _debug:
             traceback.print_exc()
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(f"error: {e}")
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted; nothing was left half-written", 130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("interrupted")
-        sys.exit(130)
-    except typer.TyperException as e:  # usage errors (unknown option, missing argument): typer's own click
-        e.show()
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    except typer.TyperException as e:  # usage errors: unknown option, missing argument, a value it cannot parse
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        _fail(f"error: {' '.join(e.format_message().split()).rstrip('.')}{hint}", e.exit_code or 2)
     except BrokenPipeError:
         sys.exit(0)
     except OSError as e:  # the machine, not edge: a full disk, a missing permission
@@ -389,11 +376,13 @@ def main() -> None:
         where = f" ({e.filename})" if e.filename else ""
         hint = {errno.ENOSPC: "free some disk space", errno.EACCES: "check the permissions",
                 errno.EROFS: "write somewhere writable"}.get(e.errno, "check the path")
-        err.print(f"[red]error:[/] {e.strerror or e}{where}; {hint} and retry", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(f"error: {e.strerror or e}{where}; {hint} and retry")
     except Exception as e:  # a bug, not a user error: still one line unless --debug
         if _debug:
             raise
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-                  highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
+    # typer turns Ctrl-C inside a command into Exit(130), which standalone_mode=False returns instead of raising
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            _fail("interrupted; nothing was left half-written", 130)
+        sys.exit(code)

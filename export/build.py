@@ -84,7 +84,8 @@ def export_bundle(
         checkpoint = preset.weights_dir
     family = get_family(preset.family)
     opts = {**preset.options, **(options or {})}
-    with BundleWriter(out, overwrite=force) as writer:
+    # --out may never hold or sit inside the weights it is exported from
+    with BundleWriter(out, overwrite=force, protect=[checkpoint] if checkpoint is not None else []) as writer:
         on_step(f"building the {preset.name} reference model")
         if checkpoint is not None:
             model = family.load_reference(checkpoint)

@@ -17,6 +17,7 @@ from typing import Any
 
 from edge.bundle import MANIFEST, Bundle, BundleWriter, load_bundle
 from edge.errors import EdgeError
+from edge.outputs import check_dir_out
 from edge.quantize.recipes import (
     BACKEND_RECIPES,
     DEFAULT_GROUP_SIZE,
@@ -24,6 +25,7 @@ from edge.quantize.recipes import (
     check_group_size,
     parse_recipe,
     recipe_label,
+    recipe_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ def plan(bundle: Bundle, recipe: str, backends: Sequence[str] | None = None) -> 
     """Check `recipe` against `bundle`: (graph -> recipe for the bundle's graphs, backends to write)."""
     wanted = parse_recipe(recipe)
     graphs = bundle.graphs
+    for key, names in recipe_targets(recipe).items():
+        if not any(n in graphs for n in names):
+            raise EdgeError(f"recipe key '{key}' names no graph of bundle {bundle.root} (it has: "
+                            f"{', '.join(graphs)}); drop it or quantize a bundle that has it")
     per_graph = {name: wanted.get(name, "fp32") for name in graphs}
     have = [b for b in QUANTIZABLE if any(b in g["files"] for g in graphs.values())]
     if backends is None:
@@ -81,8 +87,7 @@ def quantize_bundle(
     group_size = check_group_size(group_size)
     bundle = load_bundle(src)
     per_graph, chosen = plan(bundle, recipe, backends)
-    if Path(out).resolve() == bundle.root.resolve():
-        raise EdgeError(f"--out {out} is the bundle being quantized; write the quantized bundle somewhere else")
+    check_dir_out(Path(out), force, protect=[bundle.root])  # before the slow calibration
     calibration: dict[str, list] = {}
     if "npu-int8" in per_graph.values():
         from edge.quantize.calibrate import collect
@@ -96,7 +101,7 @@ def quantize_bundle(
     manifest = {k: copy.deepcopy(v) for k, v in bundle.manifest.items()
                 if k not in ("format_version", "edge_version", "created", "files")}
     rewritten: set[str] = set()
-    with BundleWriter(out, overwrite=force) as writer:
+    with BundleWriter(out, overwrite=force, protect=[bundle.root]) as writer:
         for name, r in per_graph.items():
             entry = manifest["graphs"][name]
             for b in [b for b in list(entry["files"]) if b not in chosen]:

@@ -81,3 +81,10 @@ def check_group_size(group_size: int) -> int:
     if not isinstance(group_size, int) or group_size < 16 or group_size & (group_size - 1):
         raise EdgeError(f"--group-size must be a power of two of at least 16 (e.g. 32, 64, 128), got {group_size}")
     return group_size
+
+
+def recipe_targets(text: str) -> dict[str, tuple[str, ...]]:
+    """The keys a keyed recipe names, each with the graphs it stands for (empty for a bare recipe)."""
+    parse_recipe(text)
+    keys = [p.partition("=")[0].strip().lower() for p in text.split(",") if "=" in p]
+    return {k: GROUPS.get(k, (k,)) for k in keys}

@@ -10,6 +10,8 @@ backend it drives. It times itself as it goes.
 from __future__ import annotations
 
 import logging
+import numbers
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,6 +29,31 @@ from edge.runtime.tokenizers import load_tokenizer
 log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 10_000
+# An hour per stream: far beyond what a KV cache holds, and small enough that frame arithmetic stays exact.
+MAX_SECONDS = 3600.0
+
+
+def check_text(text: object) -> str:
+    """The text any voice can take: a non-empty str of valid Unicode, at most MAX_TEXT_CHARS long."""
+    if not isinstance(text, str):
+        raise EdgeError(f"text must be a str, got {type(text).__name__}" +
+                        ("; decode the bytes first (text.decode('utf-8'))" if isinstance(text, bytes) else ""))
+    if not text.strip():
+        raise EdgeError("text is empty; give the words to speak")
+    if len(text) > MAX_TEXT_CHARS:
+        raise EdgeError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}, split it up")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8, smuggled in by the OS or a decoder
+        raise EdgeError("text is not valid UTF-8 (it holds undecodable bytes); give UTF-8 text") from None
+    return text
+
+
+def check_seconds(max_seconds: object) -> float:
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real) or not (
+            0 < max_seconds <= MAX_SECONDS):
+        raise EdgeError(f"--max-seconds must be a number in (0, {MAX_SECONDS:g}], got {max_seconds!r}")
+    return float(max_seconds)
 
 
 @dataclass
@@ -45,7 +72,7 @@ class Stats:
     lm: float = 0.0  # lm_step calls
     depth: float = 0.0  # depth_step calls
     codec: float = 0.0  # codec_decoder calls
-    stopped_by: str = ""  # "eos" or "max_frames"
+    stopped_by: str = ""  # "eos", "max_seconds", or "kv_capacity" (the cache was full before either)
 
     @property
     def rtf(self) -> float:
@@ -86,19 +113,22 @@ class StatePool:
     def __init__(self, spec: dict):
         self.specs, self.zeros = spec["state"], zero_state(spec["state"])
         self._free: list[State] = []
+        self._lock = threading.Lock()
 
     def take(self, start: dict[str, np.ndarray] | None = None) -> State:
-        if not self._free:
+        with self._lock:
+            state = self._free.pop() if self._free else None
+        if state is None:
             state = State(self.specs, self.zeros)  # zeros already
             if start:
                 state.reset(start)
             return state
-        state = self._free.pop()
         state.reset(start)
         return state
 
     def give(self, state: State) -> None:
-        self._free.append(state)
+        with self._lock:
+            self._free.append(state)
 
 
 class FrameDecoder:
@@ -136,7 +166,12 @@ class Stream:
 
 
 class Voice:
-    """A loaded bundle ready to speak: `stream()` yields audio chunks, `synthesize()` returns it whole."""
+    """A loaded bundle ready to speak: `stream()` yields audio chunks, `synthesize()` returns it whole.
+
+    A Voice is safe to share between threads: every stream owns its buffers (prompt, KV caches, codec state,
+    taken from per-voice pools), and the graph sessions it shares are safe to call concurrently (onnxruntime
+    runs concurrent calls; an ExecuTorch method, which is not reentrant, is called under its own lock).
+    """
 
     def __init__(self, bundle: Bundle, backend: str = "onnx", threads: int | None = None):
         if bundle.family != "csm":
@@ -150,24 +185,23 @@ class Voice:
         self.sampling = SamplingConfig(**bundle.manifest.get("sampling", {})).validate()
         self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
                                       threads)
-        # States and the prompt buffer are allocated once per voice, not per stream.
+        # States are allocated once per voice and reused stream after stream, each stream holding its own.
         self._pools = {g: StatePool(bundle.graphs[g]) for g in ("lm_step", "depth_step", "codec_decoder")}
-        self._prompt = np.full((1, self.model["prompt_capacity"]), self.model["text_pad_token"], dtype=np.int64)
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> Voice:
         return cls(load_bundle(path), backend, threads)
 
     def _check(self, text: str, speaker: int, max_seconds: float) -> list[int]:
-        if not text or not text.strip():
-            raise EdgeError("text is empty; give the words to speak")
-        if len(text) > MAX_TEXT_CHARS:
-            raise EdgeError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}, split it up")
+        check_text(text)
         speakers = self.model["speakers"]
-        if not (0 <= speaker < speakers):
-            raise EdgeError(f"unknown speaker {speaker}; this voice has speakers 0..{speakers - 1}")
-        if not (max_seconds > 0 and np.isfinite(max_seconds)):
-            raise EdgeError(f"--max-seconds must be a positive number, got {max_seconds}")
+        if isinstance(speaker, bool) or not isinstance(speaker, numbers.Integral) or not (0 <= speaker < speakers):
+            raise EdgeError(f"unknown speaker {speaker!r}; this voice has speakers 0..{speakers - 1}")
+        check_seconds(max_seconds)
+        frame = 1 / self.model["frame_rate"]
+        if max_seconds < frame:
+            raise EdgeError(f"--max-seconds {max_seconds:g} is shorter than one frame of audio ({frame:g} s); give "
+                            f"at least {frame:g}")
         tokens = self.tokenizer.encode(text, speaker)
         cap = self.model["prompt_capacity"]
         if len(tokens) > cap:
@@ -214,15 +248,12 @@ class Voice:
         call = _Timed(stats)
         start = time.perf_counter() - prepared  # `stream()`'s own work counts too
         k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
-        max_frames = min(int(max_seconds * m["frame_rate"]), cap - len(tokens))
-        if max_frames < int(max_seconds * m["frame_rate"]):
-            log.info("capped at %d frames: the KV cache holds %d positions, the prompt uses %d",
-                     max_frames, cap, len(tokens))
+        wanted = int(max_seconds * m["frame_rate"])
+        max_frames = min(wanted, cap - len(tokens))
+        capped = max_frames < wanted
 
-        # The prompt buffer is refilled in place; prefill reads it before this stream yields anything.
-        padded = self._prompt
+        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)  # this stream's own
         padded[0, : len(tokens)] = tokens
-        padded[0, len(tokens) :] = m["text_pad_token"]
         depth = states["depth_step"] = self._pools["depth_step"].take()
         states["codec_decoder"] = self._pools["codec_decoder"].take()
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
@@ -231,7 +262,7 @@ class Voice:
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
-        stats.stopped_by = "max_frames"
+        stats.stopped_by = "kv_capacity" if capped else "max_seconds"
 
         decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"],
                               lambda feeds: call("codec", s["codec_decoder"], feeds), states["codec_decoder"])
@@ -275,6 +306,9 @@ class Voice:
             self._account(stats, chunk, start, prefilled)
             yield chunk
         stats.total = time.perf_counter() - start
+        if stats.stopped_by == "kv_capacity":
+            log.warning("audio cut at %.2f s: the KV cache holds %d positions and the prompt used %d; re-export "
+                        "with a larger --kv-capacity for longer audio", stats.audio_seconds, cap, len(tokens))
         per_frame = ", ".join(f"{k} {v:.1f}" for k, v in stats.per_frame_ms().items())
         log.info("%s: %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f; per frame (ms): %s", self.backend,
                  stats.frames, stats.audio_seconds, 1000 * stats.first_audio, stats.rtf, per_frame)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,7 +17,15 @@ class SamplingConfig:
     top_p: float = 1.0  # 1 disables
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> SamplingConfig:
+        for name, kind, what in (("temperature", numbers.Real, "a number"), ("top_k", numbers.Integral, "an integer"),
+                                 ("top_p", numbers.Real, "a number"), ("seed", numbers.Integral, "an integer")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise EdgeError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
         if not np.isfinite(self.temperature) or self.temperature < 0:
             raise EdgeError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -44,11 +53,14 @@ class Sampler:
         c = self.config
         if c.temperature == 0:
             return int(np.argmax(logits))
-        logits = logits / c.temperature
+        # Shifted before scaling, so the best logit is 0 whatever the temperature: a tiny temperature sends the
+        # others to -inf (greedy in the limit), never inf - inf = NaN.
+        with np.errstate(over="ignore"):
+            logits = (logits - logits.max()) / c.temperature
         if 0 < c.top_k < logits.size:
             kth = np.partition(logits, -c.top_k)[-c.top_k]
             logits = np.where(logits < kth, -np.inf, logits)
-        probs = np.exp(logits - logits.max())
+        probs = np.exp(logits)
         probs /= probs.sum()
         if c.top_p < 1:
             order = np.argsort(-probs)

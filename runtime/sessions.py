@@ -7,9 +7,13 @@ session is importable without torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +38,61 @@ def _names(spec: dict) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+def _corrupt(path: str, what: str) -> EdgeError:
+    return EdgeError(f"graph file {Path(path).name} ({Path(path).parent}) {what}; the bundle is corrupt or was "
+                     "edited by hand: re-export it")
+
+
+def _shapes(spec: dict) -> tuple[list[list[int]], list[list[int]]]:
+    ins = [t["shape"] for t in spec["inputs"]] + [t["shape"] for t in spec["state"]]
+    state_outs = [list(t["shape"]) for t in spec["state"]]
+    for out, t in zip(state_outs, spec["state"], strict=True):
+        if t.get("write"):
+            out[t["write"]["axis"]] = -1  # a written state returns only its new entries
+    return ins, [t["shape"] for t in spec["outputs"]] + state_outs
+
+
+def check_io(path: str, spec: dict, inputs: Sequence[str] | int, outputs: Sequence[str] | int,
+             shapes: Sequence[Sequence] | None = None) -> None:
+    """The graph file's inputs and outputs (names, or counts where the format has no names; and the input
+    shapes, in the manifest's order, where given) must be the ones the manifest declares, or the loop would
+    fail mid-stream."""
+    want_in, want_out = _names(spec)
+    for kind, want, got in (("inputs", want_in, inputs), ("outputs", want_out, outputs)):
+        if isinstance(got, int):
+            if got != len(want):
+                raise _corrupt(path, f"has {got} {kind} but the manifest declares {len(want)}")
+        elif set(got) != set(want):
+            diff = sorted(set(want) ^ set(got))
+            raise _corrupt(path, f"does not have the {kind} the manifest declares (differing: {', '.join(diff)})")
+    for name, want, got in zip(want_in, _shapes(spec)[0], shapes or (), strict=False):
+        dims = list(got)
+        if len(dims) != len(want) or any(isinstance(g, int) and g >= 0 and g != w for g, w in zip(dims, want,
+                                                                                              strict=True)):
+            raise _corrupt(path, f"takes {name} of shape {dims}, not the {want} the manifest declares")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Catch what native code prints straight to file descriptor 2 (ExecuTorch's cpuinfo probe) and log it at
+    debug level instead."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                log.debug("native: %s", line)
+
+
 class OnnxSession:
     def __init__(self, path: str, spec: dict, threads: int | None = None):
         import onnxruntime as ort
@@ -48,7 +107,13 @@ class OnnxSession:
         # more (graphs on several threads, see SMALL_GRAPH_BYTES) the wake-up costs microseconds.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        try:
+            self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's load errors (InvalidProtobuf, Fail, ...) derive from Exception only
+            raise _corrupt(path, f"does not load in onnxruntime ({str(e).splitlines()[0][:200]})") from None
+        ins = {i.name: i.shape for i in self._sess.get_inputs()}
+        check_io(path, spec, list(ins), [o.name for o in self._sess.get_outputs()],
+                 [ins.get(n, []) for n in _names(spec)[0]])
         self.input_names, self.output_names = _names(spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -64,13 +129,23 @@ class ExecutorchSession:
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self._method = Runtime.get().load_program(path).load_method("forward")
+        try:
+            with _quiet_stderr():
+                self._method = Runtime.get().load_program(path).load_method("forward")
+        except RuntimeError as e:
+            raise _corrupt(path, f"does not load in ExecuTorch ({str(e).splitlines()[0][:200]})") from None
+        meta = self._method.metadata
+        check_io(path, spec, meta.num_inputs(), meta.num_outputs(),
+                 [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())])
         self.input_names, self.output_names = _names(spec)
+        # A method owns its planned memory, so one call at a time: streams on several threads take turns here.
+        self._lock = threading.Lock()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
-        outs = self._method.execute(args)
-        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
+        with self._lock:
+            outs = self._method.execute(args)
+            return {n: o.numpy().copy() for n, o in zip(self.output_names, outs, strict=True)}
 
 
 class TorchSession:
@@ -106,6 +181,17 @@ def default_threads() -> int:
     return cpu_count()
 
 
+def check_threads(threads: int | None) -> int | None:
+    """`--threads` is a count of this machine's cores: more only queues threads behind each other (and each
+    costs a stack), so it is refused."""
+    if threads is None:
+        return None
+    cores = cpu_count()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not (1 <= threads <= cores):
+        raise EdgeError(f"--threads must be between 1 and this machine's {cores} cores, got {threads!r}")
+    return threads
+
+
 # An ONNX graph whose weights are smaller than this runs on one thread by default: its operators are so
 # short that the cross-thread hand-off of each one costs more than it saves, and a busy machine makes that
 # worse (an operator waits for a descheduled worker). Measured on csm-tiny (all graphs under 1 MB), 2 busy
@@ -127,6 +213,7 @@ def open_sessions(
 ) -> dict[str, Session]:
     """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch` or `torch`)."""
     bundle.require_backend(backend)
+    check_threads(threads)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
     if backend == "torch":
         try:
@@ -143,3 +230,33 @@ def open_sessions(
     except ImportError as e:
         raise EdgeError(f"the {backend} backend needs '{e.name}', which is not installed: "
                         "pip install 'edge-codec-tts[export]'") from None
+
+
+def check_graph_files(bundle: Bundle) -> None:
+    """Every graph file of every backend parses and has the inputs and outputs the manifest declares (what
+    `edge inspect` checks, so it fails wherever `speak` would). ONNX graphs are read without their weights when
+    the onnx package is there, else loaded in onnxruntime."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    for name, spec in bundle.graphs.items():
+        for backend in spec["files"]:
+            path = str(bundle.graph_file(name, backend))
+            if backend == "onnx" and onnx is not None:
+                try:
+                    proto = onnx.load(path, load_external_data=False)
+                except Exception as e:  # protobuf's DecodeError and friends
+                    raise _corrupt(path, f"does not parse as ONNX ({type(e).__name__})") from None
+                inits = {t.name for t in proto.graph.initializer}
+                ins = {i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
+                       for i in proto.graph.input if i.name not in inits}
+                check_io(path, spec, list(ins), [o.name for o in proto.graph.output],
+                         [ins.get(n, []) for n in _names(spec)[0]])
+            elif backend == "onnx":
+                OnnxSession(path, spec, threads=1)
+            elif backend == "executorch":
+                try:
+                    ExecutorchSession(path, spec, threads=None)
+                except ImportError:
+                    log.info("executorch is not installed; %s not checked", path)
