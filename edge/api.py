@@ -28,7 +28,7 @@ from edge.errors import EdgeError
 from edge.outputs import WavSink, check_audio_out, check_dir_out
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import to_pcm16
-from edge.runtime.loop import Voice, check_seconds, check_text
+from edge.runtime.loop import Voice, check_seconds, check_text, check_voice
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import check_threads
 
@@ -178,6 +178,8 @@ def inspect(bundle: str | Path) -> dict[str, Any]:
     from edge.runtime.sessions import check_graph_files
 
     loaded = load_bundle(_path("BUNDLE", bundle))
+    if loaded.family == "csm":
+        check_voice(loaded)
     check_graph_files(loaded)
     return summary(loaded)
 
@@ -207,8 +209,6 @@ def speak(
     check_text(text)
     check_threads(threads)
     check_seconds(max_seconds)
-    if out is None and pcm_sink is None:
-        raise EdgeError("nowhere to put the audio; give out (--out FILE.wav) and/or a pcm_sink (--stream)")
     if out is not None:
         check_audio_out(_path("--out", out), force)  # before any export
     flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}

@@ -131,7 +131,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise EdgeError(f"{mpath} is nested too deeply to be a manifest; the bundle is corrupt, re-export it") from None
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise EdgeError(f"{mpath} is invalid at {where}: {e.message}; re-export the bundle") from None
+        message = e.message if len(e.message) <= 200 else e.message[:200] + "..."
+        raise EdgeError(f"{mpath} is invalid at {where}: {message}; re-export the bundle") from None
 
     for name, g in manifest["graphs"].items():
         _check_writes(mpath, name, g)

@@ -33,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 _debug = False
 _NOISY = ("torch", "torchao", "executorch", "onnxscript", "onnx_ir", "transformers")
 
@@ -114,7 +114,7 @@ def _progress(quiet: bool):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                    transient=True, disable=quiet)
+                    transient=True, disable=quiet or not err.is_terminal)  # a non-terminal gets no spinner
 
 
 @app.command()

@@ -1,9 +1,7 @@
-"""Audio I/O: float waveforms to 16-bit PCM, WAV files written atomically."""
+"""Audio I/O: float waveforms to 16-bit PCM, WAV files written atomically (through `edge.outputs.WavSink`)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import wave
 from pathlib import Path
 
@@ -16,34 +14,14 @@ def to_pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
-def check_writable(path: str | Path) -> Path:
-    """Fail early, before any work, if `path` cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise EdgeError(f"output '{path}' is a directory; give a file name such as out.wav")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise EdgeError(f"output directory '{parent}' does not exist; create it or choose another --out")
-    if not os.access(parent, os.W_OK):
-        raise EdgeError(f"output directory '{parent}' is not writable; choose another --out")
-    return path
-
-
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write mono 16-bit PCM; the file appears only when complete."""
-    path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(sample_rate)
-            w.writeframes(to_pcm16(audio))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write mono 16-bit PCM; the file appears only when complete (replacing any file there: the policy checks of
+    `edge speak --out` are `edge.outputs.check_audio_out`'s)."""
+    from edge.outputs import WavSink
+
+    with WavSink(path, sample_rate, force=True) as sink:
+        sink.write(to_pcm16(audio))
+    return Path(path)
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

@@ -56,6 +56,31 @@ def check_seconds(max_seconds: object) -> float:
     return float(max_seconds)
 
 
+def check_voice(bundle: Bundle) -> None:
+    """The model facts the loop sizes its buffers by must match the graphs' shapes (a manifest edited by hand
+    that passes the schema would otherwise fail mid-stream)."""
+    if bundle.family != "csm":
+        raise EdgeError(f"bundle {bundle.root} is a '{bundle.family}' codec bundle, not a voice; "
+                        "export a TTS preset such as csm-tiny to speak")
+    m, g = bundle.model, bundle.graphs
+    tensors = {(name, t["name"]): t["shape"] for name, spec in g.items()
+               for t in spec["inputs"] + spec["outputs"] + spec["state"]}
+    expected = {
+        ("lm_prefill", "tokens"): [1, m["prompt_capacity"]],
+        ("lm_step", "codes"): [1, m["num_codebooks"]],
+        ("codec_decoder", "codes"): [1, m["num_codebooks"], m["frames_per_call"]],
+        ("codec_decoder", "audio"): [1, 1, m["frames_per_call"] * m["samples_per_frame"]],
+    }
+    for (name, tensor), shape in expected.items():
+        if tensors.get((name, tensor)) != shape:
+            raise EdgeError(f"bundle {bundle.root}: {name}'s {tensor} is {tensors.get((name, tensor))}, but the model "
+                            f"section implies {shape}; the manifest was edited or is corrupt: re-export the bundle")
+    kv = next((t for t in g["lm_step"]["state"] if t.get("write")), None)
+    if kv is None or kv["shape"][kv["write"]["axis"]] != m["kv_capacity"] or m["kv_capacity"] <= m["prompt_capacity"]:
+        raise EdgeError(f"bundle {bundle.root}: kv_capacity {m['kv_capacity']} does not match lm_step's cache (or "
+                        "does not exceed prompt_capacity); the manifest was edited or is corrupt: re-export the bundle")
+
+
 @dataclass
 class Stats:
     """What the loop measured: seconds unless named otherwise."""
@@ -174,9 +199,7 @@ class Voice:
     """
 
     def __init__(self, bundle: Bundle, backend: str = "onnx", threads: int | None = None):
-        if bundle.family != "csm":
-            raise EdgeError(f"bundle {bundle.root} is a '{bundle.family}' codec bundle, not a voice; "
-                            "export a TTS preset such as csm-tiny to speak")
+        check_voice(bundle)
         self.bundle, self.backend = bundle, backend
         self.model = bundle.model
         self.sample_rate: int = self.model["sample_rate"]

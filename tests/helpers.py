@@ -14,13 +14,25 @@ SPEC = {"inputs": [{"name": "x", "shape": [1, 4], "dtype": "float32"}],
         "state": [{"name": "s", "shape": [2], "dtype": "float32"}]}
 
 
-def write_small_bundle(out: Path) -> Path:
-    """A structurally valid bundle with made-up graph bytes (for format tests, not for running)."""
-    with BundleWriter(out) as w:
-        w.path("g.onnx").write_bytes(b"not really onnx" * 10)
+CODEC_MODEL = {"sample_rate": 24000, "frame_rate": 12.5, "samples_per_frame": 1920, "num_codebooks": 8,
+               "codebook_size": 64, "frames_per_call": 1}
+
+
+def write_small_bundle(out: Path, overwrite: bool = False) -> Path:
+    """A valid bundle of one small ONNX graph (y = x, its state carried through) and a side file of made-up
+    bytes (for format tests)."""
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in (("x", [1, 4]), ("s", [2]))]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in (("y", [1, 4]),
+                                                                                          ("s_next", [2]))]
+    nodes = [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["s"], ["s_next"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", io, outs), opset_imports=[helper.make_opsetid("", 17)])
+    with BundleWriter(out, overwrite) as w:
+        w.path("g.onnx").write_bytes(model.SerializeToString())
         w.path("g.onnx.data").write_bytes(bytes(range(200)))
         w.commit({
-            "family": "mimi", "preset": "test", "model": {"sample_rate": 24000},
+            "family": "mimi", "preset": "test", "model": CODEC_MODEL,
             "tokenizer": {"kind": "none"},
             "graphs": {"g": {**SPEC, "recipe": "fp32", "files": {"onnx": ["g.onnx", "g.onnx.data"]}}},
         })

@@ -164,7 +164,7 @@ def test_unknown_device_is_one_clear_error(tiny_bundle):
 
 @pytest.mark.parametrize("args, message", [
     (["/nonexistent/bundle"], "does not exist"),
-    (["{bundle}", "--frames", "0"], "--frames must be positive"),
+    (["{bundle}", "--frames", "0"], "--frames must be a positive"),
     (["{bundle}", "--backend", "tpu"], "unknown backend 'tpu'"),
     (["{onnx_only}", "--backend", "executorch"], "has no 'executorch' graphs"),
     (["{bundle}", "--report", "/nonexistent/dir/report"], "does not exist"),

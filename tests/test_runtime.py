@@ -143,7 +143,7 @@ def test_sampler():
         (["--top-p", "0"], "--top-p must be in"),
         (["--top-k", "-2"], "--top-k must be >= 0"),
         (["--speaker", "9"], "unknown speaker 9"),
-        (["--max-seconds", "0"], "--max-seconds must be a positive"),
+        (["--max-seconds", "0"], "--max-seconds must be a number in"),
         (["--backend", "tflite"], "unknown backend 'tflite'"),
     ],
 )
