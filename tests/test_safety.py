@@ -303,7 +303,7 @@ def _edited(manifest: dict, path: list, value) -> dict:
     (["model"], {}, "is a required property"),
     (["tokenizer"], {"kind": "hf"}, "'file' is a required property"),
     (["graphs", "lm_step", "inputs", 1, "name"], "pos", "does not have the inputs"),
-    (["graphs", "lm_prefill", "inputs", 0, "shape"], [1, 999], "of shape"),
+    (["graphs", "depth_step", "inputs", 0, "shape"], [1, 999], "of shape"),
     (["family"], "dia", "is not one of"),
     (["model", "prompt_capacity"], 10, "the model section implies"),
     (["model", "kv_capacity"], 10_000, "kv_capacity 10000"),
