@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import load_bundle
-from edge.quantize.accuracy import compare_audio, decode_stream, encode_stream, log_mel
 from edge.runtime.audio import read_wav
+from edge.runtime.codec import decode_stream, encode_stream
 from edge.runtime.loop import Voice
+from edge.runtime.metrics import compare_audio, log_mel
 
 log = logging.getLogger("bench.quality")
 

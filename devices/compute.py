@@ -1,6 +1,6 @@
 """This machine's measured FP32 matmul throughput: the compute anchor of the roofline.
 
-The same engine and thread count as the runtime: onnxruntime runs one large MatMul (N x N x N,
+The same engine, options (`onnx_options`) and thread count as the runtime: onnxruntime runs one large MatMul (N x N x N,
 2 N^3 FLOPs) on the CPU execution provider; the best of a few calls gives sustained GFLOP/s.
 Measured once per machine and thread count, cached next to the bandwidth measurement.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.devices.cache import cache_file, cached_measurement, machine_id
 from edge.errors import EdgeError
-from edge.runtime.sessions import cpu_count
+from edge.runtime.sessions import cpu_count, onnx_options
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,7 @@ def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
     import onnxruntime as ort
 
     threads = threads or cpu_count()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(_matmul_model(size), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_matmul_model(size), onnx_options(threads), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
     sess.run(None, feeds)  # warm-up: packing, thread pool start

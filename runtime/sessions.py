@@ -1,22 +1,33 @@
-"""Backend sessions: one thin class per backend, all with the same `run(feeds) -> outputs` call.
+"""Backend sessions: the one place edge opens a graph to run it, and the one way to watch its calls.
 
-Arrays in and out are numpy; names follow the manifest (inputs, then state; outputs, then each
-state's `<name>_next` or, for a written state, `<name>_new`: see `edge.runtime.state`). Only the ONNX
-session is importable without torch.
+- `onnx_options`: the onnxruntime settings of every ONNX session edge opens (the voice's graphs, the
+  profiler's per-op traces, the compute anchor), so whatever is measured runs as `speak` runs it. A session
+  on another execution provider starts from the same options.
+- `OnnxSession`, `ExecutorchSession`, `TorchSession`: one thin class per backend, all with the same
+  `run(feeds) -> outputs` call. Arrays in and out are numpy; names follow the manifest (inputs, then state;
+  outputs, then each state's `<name>_next` or, for a written state, `<name>_new`: see `edge.runtime.state`).
+  Only the ONNX session is importable without torch.
+- `Hooked`: a session that times each call and hands it to a hook (the loop's stats, `Voice.hooks`,
+  calibration's recorder, the codec drivers' timings).
+- `cpu_count`, `graph_threads`: how many threads a session gets.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from typing import Protocol
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from edge.bundle import Bundle
 from edge.errors import EdgeError
 from edge.runtime.state import state_output
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +37,51 @@ class Session(Protocol):
     output_names: list[str]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+Hook = Callable[[str, dict[str, np.ndarray], float], None]
+"""Called after each call of a watched session: the graph's name, the feeds it ran on, the call's seconds. The
+feeds are the caller's own arrays (state is updated in place after the call): copy what you keep."""
+
+
+class Hooked:
+    """A session whose every call is timed and handed to `hook` (the hook's own time is not counted)."""
+
+    def __init__(self, graph: str, session: Session, hook: Hook):
+        self.graph, self.session, self.hook = graph, session, hook
+        self.input_names, self.output_names = session.input_names, session.output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        out = self.session.run(feeds)
+        self.hook(self.graph, feeds, time.perf_counter() - t)
+        return out
+
+
+def hooked(sessions: dict[str, Session], hook: Hook) -> dict[str, Session]:
+    """Each of `sessions` watched by `hook`."""
+    return {name: Hooked(name, s, hook) for name, s in sessions.items()}
+
+
+def onnx_options(threads: int | None = None, profile: str | None = None) -> onnxruntime.SessionOptions:
+    """The onnxruntime options of every ONNX session in edge: `threads` intra-op threads (onnxruntime's default
+    if None), one inter-op thread, no spinning; with `profile`, a per-node trace written under that file prefix."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle workers sleep instead of spinning: on a machine running other work, spinning threads take the
+    # cores the other threads of the same operator need (medium lm_step, 2 busy cores: 3 of 3 interleaved
+    # runs faster without spinning, 61 -> 52, 178 -> 122, 195 -> 172 ms); with ops of a millisecond or
+    # more (graphs on several threads, see SMALL_GRAPH_BYTES) the wake-up costs microseconds.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    if profile is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile
+    return opts
 
 
 def _names(spec: dict) -> tuple[list[str], list[str]]:
@@ -38,17 +94,7 @@ class OnnxSession:
     def __init__(self, path: str, spec: dict, threads: int | None = None):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Idle workers sleep instead of spinning: on a machine running other work, spinning threads take the
-        # cores the other threads of the same operator need (medium lm_step, 2 busy cores: 3 of 3 interleaved
-        # runs faster without spinning, 61 -> 52, 178 -> 122, 195 -> 172 ms); with ops of a millisecond or
-        # more (graphs on several threads, see SMALL_GRAPH_BYTES) the wake-up costs microseconds.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self._sess = ort.InferenceSession(path, onnx_options(threads), providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = _names(spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
