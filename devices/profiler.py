@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -58,8 +57,13 @@ def _peak_rss_bytes() -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+        pass
+    try:
+        import resource  # POSIX only
+    except ImportError:  # Windows: no high-water mark from the standard library
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _tensor_bytes(specs: list[dict]) -> int:
