@@ -234,6 +234,7 @@ class LmStep:
     (median per call). The eager reference (`torch`) runs on as many threads as edge's ONNX step."""
 
     def __init__(self, bundle: str, backend: str, steps: int, threads: int | None):
+        import edge.export  # noqa: F401  (registers the torch backend)
         from edge.bundle import load_bundle
         from edge.runtime.sessions import open_sessions
         from edge.runtime.state import State

@@ -9,6 +9,8 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,6 @@ def machine_id() -> str:
 
 
 def cache_file(name: str) -> Path:
-    from edge.api import cache_dir
-
     return cache_dir() / name
 
 

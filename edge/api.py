@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+import edge.export  # noqa: F401  (registers the torch backend with the runtime)
 from edge import __version__
 from edge.bundle import FORMAT_VERSION
+from edge.cache import cache_dir
 from edge.errors import EdgeError
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import check_writable, to_pcm16, write_wav
@@ -29,13 +30,6 @@ from edge.runtime.sampler import SamplingConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["Voice", "SamplingConfig", "default_bundle", "devices", "profile", "speak"]
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("EDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge"
-    )
-    return Path(base)
 
 
 def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+import edge.export  # noqa: F401  (registers the torch backend, which evaluate may run)
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
 from edge.runtime.codec import codec_codes, decode_stream

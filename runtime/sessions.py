@@ -3,10 +3,11 @@
 - `onnx_options`: the onnxruntime settings of every ONNX session edge opens (the voice's graphs, the
   profiler's per-op traces, the compute anchor), so whatever is measured runs as `speak` runs it. A session
   on another execution provider starts from the same options.
-- `OnnxSession`, `ExecutorchSession`, `TorchSession`: one thin class per backend, all with the same
-  `run(feeds) -> outputs` call. Arrays in and out are numpy; names follow the manifest (inputs, then state;
-  outputs, then each state's `<name>_next` or, for a written state, `<name>_new`: see `edge.runtime.state`).
-  Only the ONNX session is importable without torch.
+- `OnnxSession`, `ExecutorchSession`: one thin class per backend, all with the same `run(feeds) -> outputs`
+  call. Arrays in and out are numpy; names follow the manifest (`edge.bundle.io_names`: inputs, then state;
+  outputs, then each state's `<name>_next` or, for a written state, `<name>_new`). Only the ONNX session is
+  importable without torch. The torch backend (the eager reference: the family adapter's own modules) is
+  export's: `edge.export` registers it here (`register_backend`), so the runtime never imports export.
 - `Hooked`: a session that times each call and hands it to a hook (the loop's stats, `Voice.hooks`,
   calibration's recorder, the codec drivers' timings).
 - `cpu_count`, `graph_threads`: how many threads a session gets.
@@ -22,9 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edge.bundle import Bundle
+from edge.bundle import Bundle, io_names
 from edge.errors import EdgeError
-from edge.runtime.state import state_output
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -84,18 +84,12 @@ def onnx_options(threads: int | None = None, profile: str | None = None) -> onnx
     return opts
 
 
-def _names(spec: dict) -> tuple[list[str], list[str]]:
-    inputs = [t["name"] for t in spec["inputs"]] + [t["name"] for t in spec["state"]]
-    outputs = [t["name"] for t in spec["outputs"]] + [state_output(t) for t in spec["state"]]
-    return inputs, outputs
-
-
 class OnnxSession:
     def __init__(self, path: str, spec: dict, threads: int | None = None):
         import onnxruntime as ort
 
         self._sess = ort.InferenceSession(path, onnx_options(threads), providers=["CPUExecutionProvider"])
-        self.input_names, self.output_names = _names(spec)
+        self.input_names, self.output_names = io_names(spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._sess.run(self.output_names, {n: feeds[n] for n in self.input_names})
@@ -111,30 +105,11 @@ class ExecutorchSession:
             torch.set_num_threads(threads)
         self._torch = torch
         self._method = Runtime.get().load_program(path).load_method("forward")
-        self.input_names, self.output_names = _names(spec)
+        self.input_names, self.output_names = io_names(spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
         outs = self._method.execute(args)
-        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
-
-
-class TorchSession:
-    """The eager reference: the family adapter's graph module run by PyTorch itself."""
-
-    def __init__(self, module, spec: dict, threads: int | None = None):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self._module = module
-        self.input_names, self.output_names = _names(spec)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
-        with self._torch.inference_mode():
-            outs = self._module(*args)
         return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
 
@@ -168,20 +143,27 @@ def graph_threads(bundle: Bundle, graph: str, backend: str, threads: int | None)
     return default_threads()
 
 
+Opener = Callable[[Bundle, list[str], int | None], dict[str, Session]]
+"""Opens the named graphs of a bundle for one backend, with the given threads (None: the default)."""
+_OPENERS: dict[str, Opener] = {}
+
+
+def register_backend(backend: str, opener: Opener) -> None:
+    """Let `open_sessions` open `backend` with `opener` (how `edge.export` adds the torch reference backend)."""
+    _OPENERS[backend] = opener
+
+
 def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
-    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch` or `torch`)."""
+    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch`, or a registered one: `torch`)."""
     bundle.require_backend(backend)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
+    if backend in _OPENERS:
+        return _OPENERS[backend](bundle, names, threads)
     if backend == "torch":
-        try:
-            from edge.export.families import reference_graphs
-        except ImportError as e:
-            raise EdgeError(f"the torch backend needs the export extra ({e.name} missing): "
-                            "pip install 'edge-codec-tts[export]'") from None
-        graphs = reference_graphs(bundle)
-        return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads or default_threads()) for n in names}
+        raise EdgeError("the torch backend runs the model family's own PyTorch modules, which come with edge.export: "
+                        "pip install 'edge-codec-tts[export]' and import edge.export (edge.api does)")
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
