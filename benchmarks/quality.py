@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+import edge.export  # noqa: F401  (registers the torch backend, for --backend torch)
 from edge.bundle import load_bundle
 from edge.runtime.audio import read_wav
 from edge.runtime.codec import decode_stream, encode_stream

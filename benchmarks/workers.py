@@ -234,7 +234,6 @@ class LmStep:
     (median per call). The eager reference (`torch`) runs on as many threads as edge's ONNX step."""
 
     def __init__(self, bundle: str, backend: str, steps: int, threads: int | None):
-        import edge.export  # noqa: F401  (registers the torch backend)
         from edge.bundle import load_bundle
         from edge.runtime.sessions import open_sessions
         from edge.runtime.state import State
@@ -299,6 +298,8 @@ def main() -> None:
     def reply(obj: dict[str, Any]) -> None:
         replies.write(json.dumps(obj) + "\n")
         replies.flush()
+
+    import edge.export  # noqa: F401  (registers the torch backend; imports no torch itself)
 
     kind, args = sys.argv[1], json.loads(sys.argv[2])
     runner = KINDS[kind](**args)
