@@ -1,9 +1,9 @@
 """Per-operator profiles of one graph: where a call's time goes, and how much work it does.
 
-ONNX Runtime: a separate session, with the runtime's own options (`onnx_options`) and profiling on, runs
-the graph a few times; its JSON
-trace has one event per node per call with the op type, duration and the real input/output
-shapes. From those shapes we also count the work of a call (used by the roofline):
+ONNX Runtime: a separate session, with the runtime's own options (`onnx_options`) and profiling on,
+runs the graph a few times; its JSON trace has one event per node per call with the op type, duration
+and the real input/output shapes. From those shapes we also count the work of a call (used by the
+roofline):
 
 - FLOPs: 2 x MACs for MatMul-like ops (MatMul, FusedMatMul, Gemm, MatMulNBits, MatMulInteger,
   DynamicQuantizeMatMul, ...) and convolutions (Conv, FusedConv, ConvInteger, QLinearConv,
