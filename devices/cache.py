@@ -29,6 +29,18 @@ def cache_file(name: str) -> Path:
     return cache_dir() / name
 
 
+def machine_measurement(name: str, what: str, threads: int, measure: Callable[[int], dict],
+                        refresh: bool = False) -> dict:
+    """`measure(threads)` of this machine (`what` it measures, for the log), taken once per machine and thread
+    count and cached in the file `name`."""
+
+    def run() -> dict:
+        log.info("measuring this machine's %s (%d threads; once, then cached in %s)", what, threads, cache_file(name))
+        return measure(threads)
+
+    return cached_measurement(name, f"{machine_id()}|threads={threads}", run, refresh)
+
+
 def cached_measurement(name: str, key: str, measure: Callable[[], dict], refresh: bool = False) -> dict:
     """The entry `key` of the cache file `name`; `measure()` fills it when missing (or on `refresh`)."""
     path = cache_file(name)

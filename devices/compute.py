@@ -7,17 +7,14 @@ Measured once per machine and thread count, cached next to the bandwidth measure
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge.devices.cache import cache_file, cached_measurement, machine_id
+from edge.devices.cache import machine_id, machine_measurement
 from edge.errors import EdgeError
 from edge.runtime.sessions import cpu_count, onnx_options
-
-log = logging.getLogger(__name__)
 
 SIZE = 1024
 REPEATS = 5
@@ -69,11 +66,5 @@ def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
 
 def machine_compute(threads: int | None = None, refresh: bool = False) -> Compute:
     """This machine's FP32 matmul throughput, measured once and cached (keyed by machine and thread count)."""
-    threads = threads or cpu_count()
-
-    def measure() -> dict:
-        log.info("measuring this machine's matmul throughput (%d threads; once, then cached in %s)", threads,
-                 cache_file(CACHE_NAME))
-        return measure_compute(threads).to_json()
-
-    return Compute(**cached_measurement(CACHE_NAME, f"{machine_id()}|threads={threads}", measure, refresh))
+    return Compute(**machine_measurement(CACHE_NAME, "matmul throughput", threads or cpu_count(),
+                                         lambda t: measure_compute(t).to_json(), refresh))
