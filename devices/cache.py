@@ -30,15 +30,16 @@ def cache_file(name: str) -> Path:
 
 
 def machine_measurement(name: str, what: str, threads: int, measure: Callable[[int], dict],
-                        refresh: bool = False) -> dict:
-    """`measure(threads)` of this machine (`what` it measures, for the log), taken once per machine and thread
-    count and cached in the file `name`."""
+                        refresh: bool = False, how: str = "") -> dict:
+    """`measure(threads)` of this machine (`what` it measures, for the log), taken once per machine, thread
+    count and `how` (settings that change the result) and cached in the file `name`."""
 
     def run() -> dict:
         log.info("measuring this machine's %s (%d threads; once, then cached in %s)", what, threads, cache_file(name))
         return measure(threads)
 
-    return cached_measurement(name, f"{machine_id()}|threads={threads}", run, refresh)
+    key = "|".join(filter(None, (machine_id(), how, f"threads={threads}")))
+    return cached_measurement(name, key, run, refresh)
 
 
 def cached_measurement(name: str, key: str, measure: Callable[[], dict], refresh: bool = False) -> dict:

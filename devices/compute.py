@@ -66,5 +66,6 @@ def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
 
 def machine_compute(threads: int | None = None, refresh: bool = False) -> Compute:
     """This machine's FP32 matmul throughput, measured once and cached (keyed by machine and thread count)."""
+    # Keyed by the session options too: a value cached before the runtime's options (no spinning) is measured again.
     return Compute(**machine_measurement(CACHE_NAME, "matmul throughput", threads or cpu_count(),
-                                         lambda t: measure_compute(t).to_json(), refresh))
+                                         lambda t: measure_compute(t).to_json(), refresh, how="onnx_options"))
