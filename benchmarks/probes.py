@@ -99,6 +99,7 @@ def elu(rounds: int) -> None:
     from onnx import TensorProto, helper
 
     from edge.export.onnx import vectorise_elu
+    from edge.runtime.sessions import onnx_options
 
     shape = [1, 64, 1920]  # the last stage of the Mimi decoder, one 80 ms frame
 
@@ -108,9 +109,7 @@ def elu(rounds: int) -> None:
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         if rewrite:
             vectorise_elu(proto)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), onnx_options(1), providers=["CPUExecutionProvider"])
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     sessions = {"Elu": model(False), "Relu(x) + Exp(Min(x, 0)) - 1": model(True)}

@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+import edge.export  # noqa: F401  (registers the torch backend, for --backend torch)
 from edge.bundle import load_bundle
-from edge.quantize.accuracy import compare_audio, decode_stream, encode_stream, log_mel
 from edge.runtime.audio import read_wav
+from edge.runtime.codec import decode_stream, encode_stream
 from edge.runtime.loop import Voice
+from edge.runtime.metrics import compare_audio, log_mel
 
 log = logging.getLogger("bench.quality")
 

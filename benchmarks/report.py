@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+RUNS = Path(__file__).with_name("runs.md")  # runs made by hand (quantization sizes, profile, csm-1b, export)
 NOTES = Path(__file__).with_name("notes.md")  # what was changed to reach the targets, with measured effects
 
 
@@ -145,9 +146,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     load = results["load_average"]
     out = ["# Benchmarks", "",
            f"Written by `{results['command']}` on {results['date']} in {results['wall_seconds'] / 60:.1f} min "
-           "(exports and quantization of bundles not reused from `--work-dir` included). Every figure below "
-           "comes from that run; rerun it to refresh this file and `benchmarks/results.json` (the same figures, "
-           "every speed-up over eager under `speedup_vs_eager`).", "", "## Targets", "",
+           "(exports and quantization of bundles not reused from `--work-dir` included). Every figure up to "
+           "*Other measured runs* comes from that run; rerun it to refresh this file and `benchmarks/results.json` "
+           "(the same figures, every speed-up over eager under `speedup_vs_eager`).", "", "## Targets", "",
            "| target | status | measured |", "| --- | --- | --- |"]
     out += [f"| {t} | {_verdict(ok)} | {fig} |" for t, ok, fig in targets(results)]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -217,6 +218,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                        "were built, on the same machine): " + ", ".join(
                            f"{k} {'unknown' if v is None else f'{v:.0f} s'}" for k, v in reused.items()) + ".")
         out.append("")
-    if NOTES.is_file():
-        out += [NOTES.read_text().strip(), ""]
+    for extra in (RUNS, NOTES):
+        if extra.is_file():
+            out += [extra.read_text().strip(), ""]
     path.write_text("\n".join(out))

@@ -161,7 +161,7 @@ class CodecEager:
 
         from edge.bundle import load_bundle
         from edge.export.families import get_family
-        from edge.runtime.loop import FrameDecoder
+        from edge.runtime.codec import FrameDecoder
         from edge.runtime.sessions import open_sessions
 
         b = load_bundle(bundle)
@@ -210,7 +210,7 @@ class CodecEdge:
 
     def __init__(self, bundle: str, backend: str, frames: int, threads: int | None):
         from edge.bundle import load_bundle
-        from edge.runtime.loop import FrameDecoder
+        from edge.runtime.codec import FrameDecoder
         from edge.runtime.sessions import open_sessions
 
         b = load_bundle(bundle)
@@ -298,6 +298,8 @@ def main() -> None:
     def reply(obj: dict[str, Any]) -> None:
         replies.write(json.dumps(obj) + "\n")
         replies.flush()
+
+    import edge.export  # noqa: F401  (registers the torch backend; imports no torch itself)
 
     kind, args = sys.argv[1], json.loads(sys.argv[2])
     runner = KINDS[kind](**args)

@@ -12,17 +12,14 @@ any cache. It takes a second or two and is cached per machine under the edge cac
 
 from __future__ import annotations
 
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge.devices.cache import cache_file, cached_measurement, machine_id
+from edge.devices.cache import machine_id, machine_measurement
 from edge.runtime.sessions import cpu_count
-
-log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 256 * 2**20  # far past any L3 here; small enough to be quick
 REPEATS = 5
@@ -70,11 +67,5 @@ def measure_bandwidth(threads: int | None = None, buffer_bytes: int = BUFFER_BYT
 
 def machine_bandwidth(threads: int | None = None, refresh: bool = False) -> Bandwidth:
     """This machine's bandwidth, measured once and cached (keyed by machine and thread count)."""
-    threads = threads or cpu_count()
-
-    def measure() -> dict:
-        log.info("measuring this machine's memory bandwidth (%d threads; once, then cached in %s)", threads,
-                 cache_file(CACHE_NAME))
-        return measure_bandwidth(threads).to_json()
-
-    return Bandwidth(**cached_measurement(CACHE_NAME, f"{machine_id()}|threads={threads}", measure, refresh))
+    return Bandwidth(**machine_measurement(CACHE_NAME, "memory bandwidth", threads or cpu_count(),
+                                           lambda t: measure_bandwidth(t).to_json(), refresh))

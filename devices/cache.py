@@ -9,6 +9,8 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -24,9 +26,20 @@ def machine_id() -> str:
 
 
 def cache_file(name: str) -> Path:
-    from edge.api import cache_dir
-
     return cache_dir() / name
+
+
+def machine_measurement(name: str, what: str, threads: int, measure: Callable[[int], dict],
+                        refresh: bool = False, how: str = "") -> dict:
+    """`measure(threads)` of this machine (`what` it measures, for the log), taken once per machine, thread
+    count and `how` (settings that change the result) and cached in the file `name`."""
+
+    def run() -> dict:
+        log.info("measuring this machine's %s (%d threads; once, then cached in %s)", what, threads, cache_file(name))
+        return measure(threads)
+
+    key = "|".join(filter(None, (machine_id(), how, f"threads={threads}")))
+    return cached_measurement(name, key, run, refresh)
 
 
 def cached_measurement(name: str, key: str, measure: Callable[[], dict], refresh: bool = False) -> dict:

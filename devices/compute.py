@@ -1,23 +1,20 @@
 """This machine's measured FP32 matmul throughput: the compute anchor of the roofline.
 
-The same engine and thread count as the runtime: onnxruntime runs one large MatMul (N x N x N,
+The same engine, options (`onnx_options`) and thread count as the runtime: onnxruntime runs one large MatMul (N x N x N,
 2 N^3 FLOPs) on the CPU execution provider; the best of a few calls gives sustained GFLOP/s.
 Measured once per machine and thread count, cached next to the bandwidth measurement.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge.devices.cache import cache_file, cached_measurement, machine_id
+from edge.devices.cache import machine_id, machine_measurement
 from edge.errors import EdgeError
-from edge.runtime.sessions import cpu_count
-
-log = logging.getLogger(__name__)
+from edge.runtime.sessions import cpu_count, onnx_options
 
 SIZE = 1024
 REPEATS = 5
@@ -55,11 +52,7 @@ def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
     import onnxruntime as ort
 
     threads = threads or cpu_count()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(_matmul_model(size), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_matmul_model(size), onnx_options(threads), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
     sess.run(None, feeds)  # warm-up: packing, thread pool start
@@ -73,11 +66,6 @@ def measure_compute(threads: int | None = None, size: int = SIZE) -> Compute:
 
 def machine_compute(threads: int | None = None, refresh: bool = False) -> Compute:
     """This machine's FP32 matmul throughput, measured once and cached (keyed by machine and thread count)."""
-    threads = threads or cpu_count()
-
-    def measure() -> dict:
-        log.info("measuring this machine's matmul throughput (%d threads; once, then cached in %s)", threads,
-                 cache_file(CACHE_NAME))
-        return measure_compute(threads).to_json()
-
-    return Compute(**cached_measurement(CACHE_NAME, f"{machine_id()}|threads={threads}", measure, refresh))
+    # Keyed by the session options too: a value cached before the runtime's options (no spinning) is measured again.
+    return Compute(**machine_measurement(CACHE_NAME, "matmul throughput", threads or cpu_count(),
+                                         lambda t: measure_compute(t).to_json(), refresh, how="onnx_options"))

@@ -1,8 +1,9 @@
 """Per-operator profiles of one graph: where a call's time goes, and how much work it does.
 
-ONNX Runtime: a separate session with `enable_profiling` runs the graph a few times; its JSON
-trace has one event per node per call with the op type, duration and the real input/output
-shapes. From those shapes we also count the work of a call (used by the roofline):
+ONNX Runtime: a separate session, with the runtime's own options (`onnx_options`) and profiling on,
+runs the graph a few times; its JSON trace has one event per node per call with the op type, duration
+and the real input/output shapes. From those shapes we also count the work of a call (used by the
+roofline):
 
 - FLOPs: 2 x MACs for MatMul-like ops (MatMul, FusedMatMul, Gemm, MatMulNBits, MatMulInteger,
   DynamicQuantizeMatMul, ...) and convolutions (Conv, FusedConv, ConvInteger, QLinearConv,
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.runtime.sessions import onnx_options
 
 TOP = 8
 _MATMUL = {"MatMul", "FusedMatMul", "MatMulNBits", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
@@ -82,12 +84,7 @@ def _ort_trace(path: Path, feeds: dict[str, np.ndarray], threads: int, calls: in
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="edge-ortprof-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        opts = onnx_options(threads, profile=str(Path(tmp) / "ort"))  # as the voice's own sessions run
         if as_written:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             opts.add_session_config_entry("session.disable_prepacking", "1")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -43,18 +42,6 @@ WARMUP_CALLS = 3
 PROFILE_CALLS = 5
 
 
-class _Recorder:
-    """A session that keeps the feeds of its last call (the loop's real inputs, for timing alone)."""
-
-    def __init__(self, session: Session):
-        self.session, self.feeds = session, None
-        self.input_names, self.output_names = session.input_names, session.output_names
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.feeds = feeds
-        return self.session.run(feeds)
-
-
 def _reset_peak_rss() -> bool:
     """Reset this process's resident-memory high-water mark (Linux: VmHWM via clear_refs)."""
     try:
@@ -70,8 +57,13 @@ def _peak_rss_bytes() -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+        pass
+    try:
+        import resource  # POSIX only
+    except ImportError:  # Windows: no high-water mark from the standard library
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _tensor_bytes(specs: list[dict]) -> int:
@@ -120,8 +112,8 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
     rss_scope = "this backend's load and run" if _reset_peak_rss() else "the whole process so far"
     step(f"{backend}: loading")
     voice = Voice(bundle, backend, threads)
-    recorders = {name: _Recorder(s) for name, s in voice.sessions.items()}
-    voice.sessions.update(recorders)
+    last: dict[str, dict[str, np.ndarray]] = {}  # each graph's last feeds: the loop's real inputs, to time alone
+    voice.hooks.append(lambda graph, feeds, _seconds: last.__setitem__(graph, feeds))
     m = voice.model
     greedy = SamplingConfig(temperature=0)
     step(f"{backend}: warm-up utterance")
@@ -140,12 +132,12 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
                "codec_decoder": per_frame["codec"] * m["frames_per_call"]}
     graphs = {}
     for name in GRAPHS:
-        rec, spec = recorders[name], bundle.graphs[name]
+        session, feeds, spec = voice.sessions[name], last[name], bundle.graphs[name]
         step(f"{backend}: timing {name}")
-        latency = _time_calls(rec.session, rec.feeds, repeats)
+        latency = _time_calls(session, feeds, repeats)
         if name not in work:
             if "onnx" in bundle.backends():
-                flops, weights = onnx_work(bundle.graph_file(name, "onnx"), rec.feeds, threads)
+                flops, weights = onnx_work(bundle.graph_file(name, "onnx"), feeds, threads)
                 work[name] = (weights, flops, "onnx graph, real shapes (onnxruntime trace)")
             else:
                 work[name] = (bundle.file_bytes(name, backend), None,
@@ -157,9 +149,9 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
         loop_ms = in_loop[name] or latency["median"]  # a run that stopped before its first frame has no loop time
         step(f"{backend}: profiling {name} per operator")
         if backend == "onnx":
-            ops = onnx_op_profile(bundle.graph_file(name, "onnx"), rec.feeds, threads, PROFILE_CALLS)
+            ops = onnx_op_profile(bundle.graph_file(name, "onnx"), feeds, threads, PROFILE_CALLS)
         else:
-            args = [rec.feeds[n] for n in rec.session.input_names]
+            args = [feeds[n] for n in session.input_names]
             ops = executorch_op_profile(bundle.graph_file(name, "executorch"), args, PROFILE_CALLS)
         params, params_source = parameter_bytes(bundle, name, backend)
         graphs[name] = {

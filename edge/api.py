@@ -22,8 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import edge.export  # noqa: F401  (registers the torch backend with the runtime)
 from edge import __version__
 from edge.bundle import FORMAT_VERSION, Bundle, load_bundle
+from edge.cache import cache_dir
 from edge.errors import EdgeError
 from edge.outputs import WavSink, check_audio_out, check_dir_out
 from edge.presets import DEFAULT_PRESET, get_preset
@@ -50,13 +52,6 @@ def _path(flag: str, value: Any) -> Path:
     if not isinstance(value, str | os.PathLike) or not str(value):
         raise EdgeError(f"{flag} must be a path, got {value!r}")
     return Path(value)
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("EDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge"
-    )
-    return Path(base)
 
 
 def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:

@@ -1,5 +1,8 @@
 """The bundle: a directory with `manifest.json`, one file per graph and backend, tokenizer files.
 
+It is the contract between export and the runtime: both import the manifest's names from here (a graph's
+inputs, outputs and state, `io_names`, `state_output`), and neither imports the other for them.
+
 Loading checks everything a device would trip over later: the schema, the format version,
 that every file named stays inside the bundle, exists, and has the sha256 the manifest
 records. Writing is atomic: files go to a temporary sibling directory that is renamed into
@@ -32,6 +35,19 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 BACKENDS = ("onnx", "executorch", "torch")
+
+
+def state_output(spec: dict[str, Any]) -> str:
+    """Name of the output that carries state `spec` out of a call: ``<name>_new`` if written (only the entries
+    the call adds), else ``<name>_next`` (its whole new value). See `edge.runtime.state`."""
+    return f"{spec['name']}_new" if spec.get("write") else f"{spec['name']}_next"
+
+
+def io_names(graph: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A graph's call signature by name: its inputs then its state; its outputs then each state's `state_output`."""
+    inputs = [t["name"] for t in graph["inputs"]] + [t["name"] for t in graph["state"]]
+    outputs = [t["name"] for t in graph["outputs"]] + [state_output(t) for t in graph["state"]]
+    return inputs, outputs
 
 
 def _schema() -> dict[str, Any]:

@@ -8,10 +8,11 @@ caches and convolution tails travel in and out as tensors, with fixed shapes, st
 zeros. That makes every graph exportable as-is to ONNX and ExecuTorch and drivable by one
 runtime loop.
 
-State named in `state` is held by the runtime from one call to the next (`edge.runtime.state`): a
-carried state comes back whole as ``<name>_next``; a *written* one (a KV cache, `TensorSpec.write`)
-comes back as only its new entries, ``<name>_new``, plus an int64 output saying where they go, and
-the runtime writes them in place, so no graph copies a cache. A graph may also
+State named in `state` is held by the runtime from one call to the next (`edge.runtime.state`; the
+names are the bundle's, `edge.bundle.state_output`): a carried state comes back whole as
+``<name>_next``; a *written* one (a KV cache, `TensorSpec.write`) comes back as only its new entries,
+``<name>_new``, plus an int64 output saying where they go, and the runtime writes them in place, so
+no graph copies a cache. A graph may also
 *produce* another graph's state (``lm_prefill`` produces the KV cache ``lm_step`` carries): it
 lists it in `outputs` and the manifest's `state_from` says which graph consumes it.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.runtime.state import state_output
+from edge.bundle import state_output
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "int64": torch.int64}
 

@@ -142,7 +142,7 @@ def quantize_bundle(
 def _reference_graphs(bundle: Bundle, on_step: Callable[[str], None]) -> dict[str, Any]:
     """The family's graphs rebuilt from the bundle's reference weights (what ExecuTorch quantizes)."""
     try:
-        from edge.export.families import reference_graphs
+        from edge.export.reference import reference_graphs
     except ImportError as e:  # pragma: no cover - depends on the install
         raise EdgeError(f"ExecuTorch quantization needs the export extra ({e.name} missing): "
                         "pip install 'edge-codec-tts[export]'") from None

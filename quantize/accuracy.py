@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+import edge.export  # noqa: F401  (registers the torch backend, which evaluate may run)
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
-from edge.runtime.loop import FrameDecoder
+from edge.runtime.codec import codec_codes, decode_stream
+from edge.runtime.metrics import compare_audio
 from edge.runtime.state import State
 
 log = logging.getLogger(__name__)
@@ -88,30 +90,6 @@ def _teacher_forced(ref_voice, q_voice, tokens: list[int], codes: list[list[int]
     return {"lm": lm.result(), "depth": depth.result()}
 
 
-def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    def hz_to_mel(f: np.ndarray) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    mels = np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(sr / 2)), n_mels + 2)
-    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
-    bins = np.fft.rfftfreq(n_fft, 1.0 / sr)
-    fb = np.zeros((n_mels, bins.size))
-    for i in range(n_mels):
-        lo, mid, hi = hz[i], hz[i + 1], hz[i + 2]
-        fb[i] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
-    return fb
-
-
-def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 64) -> np.ndarray:
-    """Log-mel spectrogram in dB (frames, n_mels), floored at -100 dB."""
-    audio = np.asarray(audio, np.float64)
-    if audio.size < n_fft:
-        audio = np.pad(audio, (0, n_fft - audio.size))
-    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
-    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
-    return 10 * np.log10(np.maximum(power @ mel_filters(sr, n_fft, n_mels).T, 1e-10))
-
-
 def _codec(ref_voice, q_voice, codes: list[list[int]]) -> dict[str, float]:
     a, b = (decode_stream(v.sessions["codec_decoder"], v.bundle, np.array(codes, np.int64).T)[0]
             for v in (ref_voice, q_voice))
@@ -145,63 +123,6 @@ def _sizes(ref: Bundle, q: Bundle, backend: str) -> dict[str, dict[str, Any]]:
             out[name]["parameters"] = g["parameters"]
             out[name]["bytes_per_parameter"] = after / g["parameters"]
     return out
-
-
-def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
-    """A fixed speech-like signal: a voiced glide (harmonics under syllable-rate bursts) plus a little noise."""
-    t = np.arange(int(sample_rate * seconds)) / sample_rate
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    voiced = sum(np.sin(h * phase) / h for h in range(1, 16))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
-    noise = np.random.default_rng(0).standard_normal(t.size)
-    return (0.1 * envelope * voiced + 0.01 * noise).astype(np.float32)
-
-
-def encode_stream(session, spec: dict, audio: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-    """Encode `audio` `n` samples at a time through `codec_encoder`: codes (K, frames), seconds per call."""
-    state = State(spec["state"])
-    codes, seconds = [], []
-    for i in range(0, audio.size - n + 1, n):
-        t = time.perf_counter()
-        out = session.run({"audio": audio[i:i + n].reshape(1, 1, n), **state.feeds()})
-        seconds.append(time.perf_counter() - t)
-        state.update(out)
-        codes.append(out["codes"][0])
-    return np.concatenate(codes, axis=-1), float(np.median(seconds))
-
-
-def codec_codes(bundle: Bundle, encoder, frames: int) -> tuple[np.ndarray, float]:
-    """Codes (K, frames) to decode: the test signal through `encoder` (the bundle's `codec_encoder` session), or
-    fixed random codes when there is none (a decoder-only bundle); with the encoder's seconds per call (0 if none)."""
-    m = bundle.model
-    if encoder is None:
-        return np.random.default_rng(0).integers(0, m["codebook_size"], (m["num_codebooks"], frames)), 0.0
-    audio = test_signal(m["sample_rate"], frames * m["samples_per_frame"] / m["sample_rate"])
-    return encode_stream(encoder, bundle.graphs["codec_encoder"], audio, m["samples_per_frame"] * m["frames_per_call"])
-
-
-def decode_stream(session, bundle: Bundle, codes: np.ndarray) -> tuple[np.ndarray, float]:
-    """Decode codes (K, frames) through `codec_decoder`: audio, seconds per call."""
-    seconds: list[float] = []
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = time.perf_counter()
-        out = session.run(feeds)
-        seconds.append(time.perf_counter() - t)
-        return out
-
-    decode = FrameDecoder(bundle.model, bundle.graphs["codec_decoder"], run)
-    frames, fpc = codes.T.tolist(), bundle.model["frames_per_call"]
-    audio = np.concatenate([decode(frames[i:i + fpc]) for i in range(0, len(frames), fpc)])
-    return audio.astype(np.float64), float(np.median(seconds))
-
-
-def compare_audio(a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
-    noise = float(np.sum((a - b) ** 2))
-    snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(a ** 2)), 1e-30) / noise)
-    return {"snr_db": snr, "log_mel_db": float(np.mean(np.abs(log_mel(a, sr) - log_mel(b, sr)))),
-            "seconds": a.size / sr}
 
 
 def _evaluate_codec(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import logging
 import numbers
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +21,9 @@ import numpy as np
 
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
+from edge.runtime.codec import FrameDecoder
 from edge.runtime.sampler import Sampler, SamplingConfig
-from edge.runtime.sessions import Session, open_sessions
+from edge.runtime.sessions import Hook, hooked, open_sessions
 from edge.runtime.state import State, zero_state
 from edge.runtime.tokenizers import load_tokenizer
 
@@ -117,17 +118,8 @@ class Stats:
         return {**asdict(self), "rtf": self.rtf, "host": self.host, "per_frame_ms": self.per_frame_ms()}
 
 
-class _Timed:
-    """Runs sessions, adding each call's wall time to a Stats field."""
-
-    def __init__(self, stats: Stats):
-        self.stats = stats
-
-    def __call__(self, field_name: str, session: Session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = time.perf_counter()
-        out = session.run(feeds)
-        setattr(self.stats, field_name, getattr(self.stats, field_name) + time.perf_counter() - t)
-        return out
+# The `Stats` field each graph's call time adds to.
+STATS_FIELD = {"lm_prefill": "prefill", "lm_step": "lm", "depth_step": "depth", "codec_decoder": "codec"}
 
 
 class StatePool:
@@ -156,28 +148,6 @@ class StatePool:
             self._free.append(state)
 
 
-class FrameDecoder:
-    """Frames of codes → PCM through `codec_decoder`, holding its state from call to call (`state`, or a fresh
-    one)."""
-
-    def __init__(self, model: dict, spec: dict, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                 state: State | None = None):
-        self.model, self.run = model, run
-        self.state = state if state is not None else State(spec["state"])
-
-    def __call__(self, frames: list[list[int]]) -> np.ndarray:
-        """Decode up to `frames_per_call` frames (a short last group is zero-padded and trimmed)."""
-        m, n = self.model, len(frames)
-        codes = np.zeros((1, m["num_codebooks"], m["frames_per_call"]), np.int64)
-        # The LM's audio vocabulary has a few ids past the codebook (pad and the like): a well-trained
-        # model never emits them, a random one can; they decode as code 0 instead of crashing.
-        frame_codes = np.array(frames, np.int64).T
-        codes[0, :, :n] = np.where(frame_codes < m["codebook_size"], frame_codes, 0)
-        out = self.run({"codes": codes, **self.state.feeds()})
-        self.state.update(out)
-        return out["audio"].reshape(-1)[: n * m["samples_per_frame"]].astype(np.float32)
-
-
 @dataclass
 class Stream:
     """An iterator of float32 PCM chunks; `codes` and `stats` fill in as it runs."""
@@ -196,6 +166,9 @@ class Voice:
     A Voice is safe to share between threads: every stream owns its buffers (prompt, KV caches, codec state,
     taken from per-voice pools), and the graph sessions it shares are safe to call concurrently (onnxruntime
     runs concurrent calls; an ExecuTorch method, which is not reentrant, is called under its own lock).
+
+    `hooks` watch every graph call of every stream (`edge.runtime.sessions.Hook`: graph, feeds, seconds):
+    calibration records the feeds, the profiler keeps each graph's last ones.
     """
 
     def __init__(self, bundle: Bundle, backend: str = "onnx", threads: int | None = None):
@@ -208,6 +181,7 @@ class Voice:
         self.sampling = SamplingConfig(**bundle.manifest.get("sampling", {})).validate()
         self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
                                       threads)
+        self.hooks: list[Hook] = []
         # States are allocated once per voice and reused stream after stream, each stream holding its own.
         self._pools = {g: StatePool(bundle.graphs[g]) for g in ("lm_step", "depth_step", "codec_decoder")}
 
@@ -267,8 +241,15 @@ class Voice:
 
     def _frames(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream, prepared: float,
                 states: dict[str, State]) -> Iterator[np.ndarray]:
-        m, s, stats = self.model, self.sessions, stream.stats
-        call = _Timed(stats)
+        m, stats = self.model, stream.stats
+
+        def watch(graph: str, feeds: dict[str, np.ndarray], seconds: float) -> None:
+            field_name = STATS_FIELD[graph]
+            setattr(stats, field_name, getattr(stats, field_name) + seconds)
+            for hook in self.hooks:
+                hook(graph, feeds, seconds)
+
+        s = hooked(self.sessions, watch)
         start = time.perf_counter() - prepared  # `stream()`'s own work counts too
         k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
         wanted = int(max_seconds * m["frame_rate"])
@@ -279,7 +260,7 @@ class Voice:
         padded[0, : len(tokens)] = tokens
         depth = states["depth_step"] = self._pools["depth_step"].take()
         states["codec_decoder"] = self._pools["codec_decoder"].take()
-        out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
+        out = s["lm_prefill"].run({"tokens": padded, "length": np.array([len(tokens)], np.int64)})
         kv = states["lm_step"] = self._pools["lm_step"].take({"kv": out["kv"]})  # the cache lm_prefill filled
         prefilled = time.perf_counter()
         eos = m["end_of_speech"]["eos_token"]
@@ -287,8 +268,7 @@ class Voice:
         pending: list[list[int]] = []
         stats.stopped_by = "kv_capacity" if capped else "max_seconds"
 
-        decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"],
-                              lambda feeds: call("codec", s["codec_decoder"], feeds), states["codec_decoder"])
+        decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"], s["codec_decoder"].run, states["codec_decoder"])
 
         for frame in range(max_frames):
             hidden = out["hidden"]
@@ -296,7 +276,7 @@ class Voice:
             # Each frame's depth positions start again at 0; slots past a position are masked, so the depth
             # cache needs no clearing between frames.
             for p in range(k):
-                d = call("depth", s["depth_step"], {
+                d = s["depth_step"].run({
                     "hidden": hidden, "code": np.array([codes[-1]], np.int64),
                     "position": np.array([p], np.int64), **depth.feeds(),
                 })
@@ -319,7 +299,7 @@ class Voice:
                 self._account(stats, chunk, start, prefilled)
                 yield chunk
             if frame + 1 < max_frames:
-                out = call("lm", s["lm_step"], {
+                out = s["lm_step"].run({
                     "codes": np.array([codes], np.int64), "position": np.array([len(tokens) + frame], np.int64),
                     **kv.feeds(),
                 })

@@ -1,8 +1,16 @@
-"""Backend sessions: one thin class per backend, all with the same `run(feeds) -> outputs` call.
+"""Backend sessions: the one place edge opens a graph to run it, and the one way to watch its calls.
 
-Arrays in and out are numpy; names follow the manifest (inputs, then state; outputs, then each
-state's `<name>_next` or, for a written state, `<name>_new`: see `edge.runtime.state`). Only the ONNX
-session is importable without torch.
+- `onnx_options`: the onnxruntime settings of every ONNX session edge opens (the voice's graphs, the
+  profiler's per-op traces, the compute anchor), so whatever is measured runs as `speak` runs it. A session
+  on another execution provider starts from the same options.
+- `OnnxSession`, `ExecutorchSession`: one thin class per backend, all with the same `run(feeds) -> outputs`
+  call. Arrays in and out are numpy; names follow the manifest (`edge.bundle.io_names`: inputs, then state;
+  outputs, then each state's `<name>_next` or, for a written state, `<name>_new`). Only the ONNX session is
+  importable without torch. The torch backend (the eager reference: the family adapter's own modules) is
+  export's: `edge.export` registers it here (`register_backend`), so the runtime never imports export.
+- `Hooked`: a session that times each call and hands it to a hook (the loop's stats, `Voice.hooks`,
+  calibration's recorder, the codec drivers' timings).
+- `cpu_count`, `graph_threads`: how many threads a session gets.
 """
 
 from __future__ import annotations
@@ -12,15 +20,18 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edge.bundle import Bundle
+from edge.bundle import Bundle, io_names
 from edge.errors import EdgeError
-from edge.runtime.state import state_output
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +43,49 @@ class Session(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def _names(spec: dict) -> tuple[list[str], list[str]]:
-    inputs = [t["name"] for t in spec["inputs"]] + [t["name"] for t in spec["state"]]
-    outputs = [t["name"] for t in spec["outputs"]] + [state_output(t) for t in spec["state"]]
-    return inputs, outputs
+Hook = Callable[[str, dict[str, np.ndarray], float], None]
+"""Called after each call of a watched session: the graph's name, the feeds it ran on, the call's seconds. The
+feeds are the caller's own arrays (state is updated in place after the call): copy what you keep."""
+
+
+class Hooked:
+    """A session whose every call is timed and handed to `hook` (the hook's own time is not counted)."""
+
+    def __init__(self, graph: str, session: Session, hook: Hook):
+        self.graph, self.session, self.hook = graph, session, hook
+        self.input_names, self.output_names = session.input_names, session.output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        out = self.session.run(feeds)
+        self.hook(self.graph, feeds, time.perf_counter() - t)
+        return out
+
+
+def hooked(sessions: dict[str, Session], hook: Hook) -> dict[str, Session]:
+    """Each of `sessions` watched by `hook`."""
+    return {name: Hooked(name, s, hook) for name, s in sessions.items()}
+
+
+def onnx_options(threads: int | None = None, profile: str | None = None) -> onnxruntime.SessionOptions:
+    """The onnxruntime options of every ONNX session in edge: `threads` intra-op threads (onnxruntime's default
+    if None), one inter-op thread, no spinning; with `profile`, a per-node trace written under that file prefix."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle workers sleep instead of spinning: on a machine running other work, spinning threads take the
+    # cores the other threads of the same operator need (medium lm_step, 2 busy cores: 3 of 3 interleaved
+    # runs faster without spinning, 61 -> 52, 178 -> 122, 195 -> 172 ms); with ops of a millisecond or
+    # more (graphs on several threads, see SMALL_GRAPH_BYTES) the wake-up costs microseconds.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    if profile is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile
+    return opts
 
 
 def _corrupt(path: str, what: str) -> EdgeError:
@@ -57,7 +107,7 @@ def check_io(path: str, spec: dict, inputs: Sequence[str] | int, outputs: Sequen
     """The graph file's inputs and outputs (names, or counts where the format has no names; and the input
     shapes, in the manifest's order, where given) must be the ones the manifest declares, or the loop would
     fail mid-stream."""
-    want_in, want_out = _names(spec)
+    want_in, want_out = io_names(spec)
     for kind, want, got in (("inputs", want_in, inputs), ("outputs", want_out, outputs)):
         if isinstance(got, int):
             if got != len(want):
@@ -97,24 +147,14 @@ class OnnxSession:
     def __init__(self, path: str, spec: dict, threads: int | None = None):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Idle workers sleep instead of spinning: on a machine running other work, spinning threads take the
-        # cores the other threads of the same operator need (medium lm_step, 2 busy cores: 3 of 3 interleaved
-        # runs faster without spinning, 61 -> 52, 178 -> 122, 195 -> 172 ms); with ops of a millisecond or
-        # more (graphs on several threads, see SMALL_GRAPH_BYTES) the wake-up costs microseconds.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
         try:
-            self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(path, onnx_options(threads), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's load errors (InvalidProtobuf, Fail, ...) derive from Exception only
             raise _corrupt(path, f"does not load in onnxruntime ({str(e).splitlines()[0][:200]})") from None
         ins = {i.name: i.shape for i in self._sess.get_inputs()}
         check_io(path, spec, list(ins), [o.name for o in self._sess.get_outputs()],
-                 [ins.get(n, []) for n in _names(spec)[0]])
-        self.input_names, self.output_names = _names(spec)
+                 [ins.get(n, []) for n in io_names(spec)[0]])
+        self.input_names, self.output_names = io_names(spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._sess.run(self.output_names, {n: feeds[n] for n in self.input_names})
@@ -137,7 +177,7 @@ class ExecutorchSession:
         meta = self._method.metadata
         check_io(path, spec, meta.num_inputs(), meta.num_outputs(),
                  [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())])
-        self.input_names, self.output_names = _names(spec)
+        self.input_names, self.output_names = io_names(spec)
         # A method owns its planned memory, so one call at a time: streams on several threads take turns here.
         self._lock = threading.Lock()
 
@@ -146,25 +186,6 @@ class ExecutorchSession:
         with self._lock:
             outs = self._method.execute(args)
             return {n: o.numpy().copy() for n, o in zip(self.output_names, outs, strict=True)}
-
-
-class TorchSession:
-    """The eager reference: the family adapter's graph module run by PyTorch itself."""
-
-    def __init__(self, module, spec: dict, threads: int | None = None):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self._module = module
-        self.input_names, self.output_names = _names(spec)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
-        with self._torch.inference_mode():
-            outs = self._module(*args)
-        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
 
 def cpu_count() -> int:
@@ -208,21 +229,28 @@ def graph_threads(bundle: Bundle, graph: str, backend: str, threads: int | None)
     return default_threads()
 
 
+Opener = Callable[[Bundle, list[str], int | None], dict[str, Session]]
+"""Opens the named graphs of a bundle for one backend, with the given threads (None: the default)."""
+_OPENERS: dict[str, Opener] = {}
+
+
+def register_backend(backend: str, opener: Opener) -> None:
+    """Let `open_sessions` open `backend` with `opener` (how `edge.export` adds the torch reference backend)."""
+    _OPENERS[backend] = opener
+
+
 def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
-    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch` or `torch`)."""
+    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch`, or a registered one: `torch`)."""
     bundle.require_backend(backend)
     check_threads(threads)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
+    if backend in _OPENERS:
+        return _OPENERS[backend](bundle, names, threads)
     if backend == "torch":
-        try:
-            from edge.export.families import reference_graphs
-        except ImportError as e:
-            raise EdgeError(f"the torch backend needs the export extra ({e.name} missing): "
-                            "pip install 'edge-codec-tts[export]'") from None
-        graphs = reference_graphs(bundle)
-        return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads or default_threads()) for n in names}
+        raise EdgeError("the torch backend runs the model family's own PyTorch modules, which come with edge.export: "
+                        "pip install 'edge-codec-tts[export]' and import edge.export (edge.api does)")
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
@@ -252,7 +280,7 @@ def check_graph_files(bundle: Bundle) -> None:
                 ins = {i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
                        for i in proto.graph.input if i.name not in inits}
                 check_io(path, spec, list(ins), [o.name for o in proto.graph.output],
-                         [ins.get(n, []) for n in _names(spec)[0]])
+                         [ins.get(n, []) for n in io_names(spec)[0]])
             elif backend == "onnx":
                 OnnxSession(path, spec, threads=1)
             elif backend == "executorch":

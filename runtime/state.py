@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def state_output(spec: dict) -> str:
-    """Name of the output that carries state `spec` out of a call: ``<name>_new`` if written, else ``_next``."""
-    return f"{spec['name']}_new" if spec.get("write") else f"{spec['name']}_next"
+from edge.bundle import state_output
 
 
 class State:
@@ -59,11 +56,11 @@ class State:
         for s in self.specs:
             name, write = s["name"], s.get("write")
             if write is None:
-                self.arrays[name] = outputs[f"{name}_next"]
+                self.arrays[name] = outputs[state_output(s)]
                 continue
             where: list[slice | np.ndarray] = [slice(None)] * len(s["shape"])
             where[write["axis"]] = outputs[write["index"]].reshape(-1)
-            self.arrays[name][tuple(where)] = outputs[f"{name}_new"]
+            self.arrays[name][tuple(where)] = outputs[state_output(s)]
 
 
 def _zeros(spec: dict) -> np.ndarray:

@@ -11,16 +11,9 @@ from transformers import MimiConfig, MimiModel
 from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiLayerScale
 
 from edge.errors import EdgeError
+from edge.export import streaming as streaming_layers
 from edge.export.families import mimi
-from edge.export.families.mimi import (
-    MimiEncoderGraph,
-    StreamingConv1d,
-    StreamingConvTranspose1d,
-    StreamingTransformer,
-    codec_graphs,
-    codec_manifest,
-    randomize,
-)
+from edge.export.families.mimi import MimiEncoderGraph, codec_graphs, codec_manifest, randomize
 from edge.export.graph import DTYPES, Graph, TensorSpec
 from edge.presets import TINY_MIMI
 from edge.runtime.state import State
@@ -64,7 +57,7 @@ def sine_audio() -> torch.Tensor:
 def conv_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Convolutions as the real config exports them, or every dense one in its MatMul form."""
     if request.param == "matmul":
-        monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0)
+        monkeypatch.setattr(streaming_layers, "MATMUL_MIN_WEIGHTS", 0)
     return request.param
 
 
@@ -129,10 +122,10 @@ def test_conv_transpose_forms(kernel: int, stride: int, groups: int, matmul: boo
     """Transposed convs streamed in chunks (MatMul or elementwise product + overlap-add when `matmul` or
     depthwise, else ConvTranspose) equal the reference over the whole sequence, kernels not a multiple
     of the stride included."""
-    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0 if matmul else 10**9)
+    monkeypatch.setattr(streaming_layers, "MATMUL_MIN_WEIGHTS", 0 if matmul else 10**9)
     torch.manual_seed(4)
     ref = MimiConvTranspose1d(MimiConfig(**TINY_MIMI), 6, 6 if groups > 1 else 5, kernel, stride, groups).eval()
-    layer = StreamingConvTranspose1d(ref)
+    layer = mimi.streaming(ref)
     assert bool(layer.spans) == (matmul or groups > 1)
     x = torch.randn(1, 6, 11)
     with torch.no_grad():
@@ -145,10 +138,10 @@ def test_conv_transpose_forms(kernel: int, stride: int, groups: int, matmul: boo
 def test_conv_forms(kernel: int, stride: int, dilation: int, matmul: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Convs streamed in chunks (as one MatMul of the unfolded input when `matmul`, else Conv) equal the
     reference over the whole sequence."""
-    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0 if matmul else 10**9)
+    monkeypatch.setattr(streaming_layers, "MATMUL_MIN_WEIGHTS", 0 if matmul else 10**9)
     torch.manual_seed(5)
     ref = MimiConv1d(MimiConfig(**TINY_MIMI), 6, 5, kernel, stride, dilation).eval()
-    layer = StreamingConv1d(ref)
+    layer = mimi.streaming(ref)
     assert layer.matmul == matmul
     x = torch.randn(1, 6, 12 * stride)
     with torch.no_grad():
@@ -165,7 +158,7 @@ def test_transformer_ring_buffer_matches_sliding_window(window: int) -> None:
     for module in ref_model.modules():
         if isinstance(module, MimiLayerScale):
             module.scale.data.fill_(1.0)
-    streaming = StreamingTransformer(ref_model)
+    streaming = streaming_layers.StreamingTransformer(ref_model)
     chunks = [1, 3, window, 2, window - 1, 1, 5, window, 4, 1, window - 3]  # wraps the ring buffer often
     x = torch.randn(1, sum(chunks), config.hidden_size)
 
@@ -259,7 +252,7 @@ def test_matmul_forms_export_and_quantize(codec: MimiModel, tmp_path: Path, monk
     from edge.quantize.onnx import quantize_file
     from edge.runtime.sessions import OnnxSession
 
-    monkeypatch.setattr(mimi, "MATMUL_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(streaming_layers, "MATMUL_MIN_WEIGHTS", 0)
     g = graph(codec, "codec_decoder")
     export_onnx(g, tmp_path / "dec.onnx")
     torch.manual_seed(6)

@@ -229,6 +229,8 @@ def test_a_voice_shared_between_threads_gives_each_stream_its_own_codes(tiny_bun
     prefill, barrier = voice.sessions["lm_prefill"], threading.Barrier(2)
 
     class Meeting:
+        input_names, output_names = prefill.input_names, prefill.output_names
+
         def run(self, feeds):
             tokens = feeds["tokens"]
             barrier.wait(10)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edge.quantize.accuracy import test_signal as speech_like
 from edge.runtime.audio import write_wav
+from edge.runtime.metrics import test_signal as speech_like
 from recipes.voice import data, ship, train_codec, train_lm
 from recipes.voice.common import load_codec, quality_module
 

@@ -22,11 +22,3 @@ def get_family(name: str) -> ModuleType:
     if name not in FAMILIES:
         raise EdgeError(f"unknown model family '{name}'; known families: {', '.join(FAMILIES)}")
     return importlib.import_module(f"edge.export.families.{name}")
-
-
-def reference_graphs(bundle) -> dict:
-    """The graphs of a bundle rebuilt from its `reference/` weights (torch backend, ExecuTorch quantization)."""
-    family = get_family(bundle.family)
-    model = family.load_reference(bundle.path(bundle.manifest["reference"]["dir"]))
-    graphs, _ = family.graphs(model, bundle.manifest["export_options"])
-    return {g.name: g for g in graphs}

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from edge.presets import BYTE_VOCAB, BYTE_VOCAB_SIZE
-from edge.quantize.accuracy import test_signal
 from edge.runtime.audio import read_wav
+from edge.runtime.metrics import test_signal
 from recipes.voice.args import COUNT, NON_NEGATIVE, POSITIVE
 
 log = logging.getLogger("recipes.voice")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.runtime.audio import read_wav, write_wav
+from edge.runtime.sessions import onnx_options
 from recipes.voice.args import COUNT, NON_NEGATIVE
 
 log = logging.getLogger("recipes.voice.data")
@@ -114,10 +115,7 @@ class PiperVoice:
         self.sample_rate: int = self.config["audio"]["sample_rate"]
         inf = self.config["inference"]
         self.scales = np.array([inf["noise_scale"], inf["length_scale"], inf["noise_w"]], np.float32)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(model), onnx_options(threads), providers=["CPUExecutionProvider"])
         self.unknown: dict[str, int] = {}
 
     @classmethod

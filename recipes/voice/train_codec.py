@@ -55,7 +55,7 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import CsmForConditionalGeneration, MimiConfig, MimiModel
 
 from edge.export.families.mimi import samples_per_frame
-from edge.quantize.accuracy import mel_filters
+from edge.runtime.metrics import mel_filters
 from recipes.voice.args import COUNT, FRACTION, NON_NEGATIVE, WEIGHT
 from recipes.voice.common import (
     VOICE_MIMI,
