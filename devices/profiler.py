@@ -32,7 +32,7 @@ from edge.devices.opprofile import executorch_op_profile, onnx_op_profile, onnx_
 from edge.errors import EdgeError
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
-from edge.runtime.sessions import Session, check_threads, default_threads
+from edge.runtime.sessions import Session, check_threads, default_threads, graph_threads
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,12 @@ def _time_calls(session: Session, feeds: dict[str, np.ndarray], repeats: int) ->
             "calls": repeats}
 
 
-def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, repeats: int,
+def _profile_backend(bundle: Bundle, backend: str, threads: int | None, frames: int, repeats: int,
                      work: dict[str, tuple[float, float | None, str]], anchors: tuple[float, float],
                      step: Callable[[str], None]) -> dict[str, Any]:
     rss_scope = "this backend's load and run" if _reset_peak_rss() else "the whole process so far"
     step(f"{backend}: loading")
-    voice = Voice(bundle, backend, threads)
+    voice = Voice(bundle, backend, threads)  # threads None: per graph, as `edge speak` runs them
     last: dict[str, dict[str, np.ndarray]] = {}  # each graph's last feeds: the loop's real inputs, to time alone
     voice.hooks.append(lambda graph, feeds, _seconds: last.__setitem__(graph, feeds))
     m = voice.model
@@ -135,9 +135,10 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
         session, feeds, spec = voice.sessions[name], last[name], bundle.graphs[name]
         step(f"{backend}: timing {name}")
         latency = _time_calls(session, feeds, repeats)
+        graph_threads_ = graph_threads(bundle, name, backend, threads)
         if name not in work:
             if "onnx" in bundle.backends():
-                flops, weights = onnx_work(bundle.graph_file(name, "onnx"), feeds, threads)
+                flops, weights = onnx_work(bundle.graph_file(name, "onnx"), feeds, graph_threads_)
                 work[name] = (weights, flops, "onnx graph, real shapes (onnxruntime trace)")
             else:
                 work[name] = (bundle.file_bytes(name, backend), None,
@@ -149,13 +150,14 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
         loop_ms = in_loop[name] or latency["median"]  # a run that stopped before its first frame has no loop time
         step(f"{backend}: profiling {name} per operator")
         if backend == "onnx":
-            ops = onnx_op_profile(bundle.graph_file(name, "onnx"), feeds, threads, PROFILE_CALLS)
+            ops = onnx_op_profile(bundle.graph_file(name, "onnx"), feeds, graph_threads_, PROFILE_CALLS)
         else:
             args = [feeds[n] for n in session.input_names]
             ops = executorch_op_profile(bundle.graph_file(name, "executorch"), args, PROFILE_CALLS)
         params, params_source = parameter_bytes(bundle, name, backend)
         graphs[name] = {
             "recipe": spec["recipe"],
+            "threads": graph_threads_,
             "file_bytes": bundle.file_bytes(name, backend),
             "parameter_bytes": params,
             "parameter_bytes_source": params_source,
@@ -175,7 +177,7 @@ def _profile_backend(bundle: Bundle, backend: str, threads: int, frames: int, re
     model_bytes = sum(g["file_bytes"] for g in graphs.values()) + state_bytes
     return {
         "backend": backend,
-        "threads": threads,
+        "threads": threads or default_threads(),
         "graphs": graphs,
         "run": {
             "text": TEXT,
@@ -223,9 +225,9 @@ def profile(bundles: list[str | Path], devices: list[Device], backends: list[str
             raise EdgeError("edge profile counts work on the bundle's ONNX graphs and needs the onnx package: "
                             "pip install 'edge-codec-tts[export]'")
         plan.append((bundle, chosen))
-    threads = threads or default_threads()
+    machine_threads = threads or default_threads()
     step("measuring this machine (memory bandwidth, matmul throughput; cached after the first time)")
-    bw, compute = machine_bandwidth(threads), machine_compute(threads)
+    bw, compute = machine_bandwidth(machine_threads), machine_compute(machine_threads)
     anchors = (bw.read_gbs, compute.gflops)
     results = []
     for bundle, chosen in plan:
@@ -247,8 +249,8 @@ def profile(bundles: list[str | Path], devices: list[Device], backends: list[str
         })
     return {
         "edge_version": __version__,
-        "machine": {"threads": threads, "bandwidth": bw.to_json(), "compute": compute.to_json()},
-        "estimate": {"label": roofline.LABEL, "assumptions": roofline.assumptions(*anchors, threads)},
+        "machine": {"threads": machine_threads, "bandwidth": bw.to_json(), "compute": compute.to_json()},
+        "estimate": {"label": roofline.LABEL, "assumptions": roofline.assumptions(*anchors, machine_threads)},
         "devices": {d.name: {"title": d.title, "memory_bandwidth_gbs": d.bandwidth_gbs,
                              "peak_fp32_gflops": round(d.peak_gflops, 1), "ram_gb": d.ram_gb, "npu": d.npu}
                     for d in devices},

@@ -306,7 +306,8 @@ def profile(
                                                      "(repeat for several; default: all, see `edge devices`).")] = None,
     backend: Annotated[list[str] | None, typer.Option(help="onnx or executorch (repeat for both; default: onnx "
                                                            "when the bundle has it).")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: as speak runs them: all "
+                                                     "cores, one for ONNX graphs under 8 MB).")] = None,
     frames: Annotated[int, typer.Option(help="Frames of audio to speak for the per-frame numbers.")] = 25,
     repeats: Annotated[int, typer.Option(help="Timed calls per graph (after warm-up).")] = 20,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report (index.html + "
