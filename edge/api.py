@@ -23,8 +23,9 @@ from edge.bundle import FORMAT_VERSION
 from edge.errors import EdgeError
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import check_writable, to_pcm16, write_wav
-from edge.runtime.loop import Voice
+from edge.runtime.loop import DEFAULT_PAUSE, Voice
 from edge.runtime.sampler import SamplingConfig
+from edge.runtime.text import read_text
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:
 
 
 def speak(
-    text: str,
+    text: str | None = None,
     bundle: str | Path | None = None,
     out: str | Path | None = None,
     pcm_sink: BinaryIO | None = None,
@@ -71,20 +72,29 @@ def speak(
     seed: int = 0,
     max_seconds: float = 10.0,
     threads: int | None = None,
+    file: str | Path | None = None,
+    pause: float = DEFAULT_PAUSE,
 ) -> dict[str, Any]:
-    """Speak `text`: write a WAV to `out` and/or raw 16-bit PCM chunks to `pcm_sink` as they decode.
+    """Speak `text` (or the UTF-8 text `file`, `-` for stdin): write a WAV to `out` and/or raw 16-bit PCM chunks
+    to `pcm_sink` as they decode.
 
-    `temperature`, `top_k` and `top_p` left out take the voice's recommended sampling (its manifest's
-    ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and timings (what `edge speak
-    --json` prints).
+    A text of any length is spoken sentence by sentence as one stream, `pause` seconds between sentences;
+    `max_seconds` bounds each chunk. `temperature`, `top_k` and `top_p` left out take the voice's recommended
+    sampling (its manifest's ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and
+    timings (what `edge speak --json` prints), with one record per chunk (text, start, frames) and a warning
+    for each chunk that hit its frame limit without ending.
     """
+    if (text is None) == (file is None):
+        raise EdgeError("give the text to speak or a --file to read it from (one of them)")
+    if file is not None:
+        text = read_text(file)
     if out is not None:
         check_writable(out)
     flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     SamplingConfig().override(**flags)  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
     sampling = voice.sampling.override(**flags)
-    stream = voice.stream(text, speaker, sampling, max_seconds)
+    stream = voice.stream(text, speaker, sampling, max_seconds, pause)
     chunks = []
     for chunk in stream:
         chunks.append(chunk)
@@ -103,6 +113,9 @@ def speak(
         "frames": stream.stats.frames,
         "sampling": asdict(sampling),
         "stats": stream.stats.to_json(),
+        "chunks": [c.to_json() for c in stream.chunks],
+        "warnings": [f"chunk {c.index + 1} of {len(stream.chunks)} hit its frame limit ({c.frames} frames) without "
+                     f"ending: {c.text!r}" for c in stream.runaways()],
     }
 
 

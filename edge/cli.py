@@ -233,7 +233,11 @@ def inspect(
 
 @app.command()
 def speak(
-    text: Annotated[str, typer.Argument(help="Text to speak; '-' reads it from standard input.")],
+    text: Annotated[str | None, typer.Argument(help="Text to speak, any length; '-' reads it from standard input.",
+                                               show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this UTF-8 file ('-': "
+                                              "standard input) instead.")] = None,
+    pause: Annotated[float, typer.Option(help="Seconds of silence between sentences.")] = 0.3,
     bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
                                                     f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="WAV file to write.")] = None,
@@ -252,30 +256,36 @@ def speak(
     top_p: Annotated[float | None, typer.Option(
         help="Nucleus sampling mass; 1 = off. Default: the voice's, else 1.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    max_seconds: Annotated[float, typer.Option(help="Stop after this much audio.")] = 10.0,
+    max_seconds: Annotated[float, typer.Option(help="Stop a sentence (each chunk of a long text) after this "
+                                                    "much audio; one that gets there is reported.")] = 10.0,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per graph (default: all cores; one for ONNX graphs under 8 MB).")] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print timing and run facts as JSON (to stderr with --stream).")
+        bool, typer.Option("--json", help="Print timing and run facts as JSON, with each chunk's text, start time "
+                           "and frames (to stderr with --stream).")
     ] = False,
 ) -> None:
-    """Speak TEXT with a bundle: streaming decode, audio out chunk by chunk as frames decode."""
+    """Speak TEXT with a bundle: streaming decode, audio out chunk by chunk as frames decode.
+
+    Any length: a long text (or `--file`) is split at sentences (then clauses, then words) into chunks that
+    fit the voice's prompt, spoken in turn as one stream with `--pause` between sentences.
+    """
     from edge.api import speak as api_speak
 
     if out is None and not stream:
         raise EdgeError("nowhere to put the audio; give --out FILE.wav and/or --stream")
     if text == "-":
-        text = sys.stdin.read()
+        text, file = None, Path("-")
     sink = sys.stdout.buffer if stream else None
     result = api_speak(text, bundle=bundle_dir, out=out, pcm_sink=sink, backend=backend, speaker=speaker,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
-                       threads=threads)
+                       threads=threads, file=file, pause=pause)
     if as_json:
         (err.print_json if stream else _print_json)(json.dumps(result, default=float) if stream else result)
     elif not stream:
         s = result["stats"]
         err.print(f"wrote {out}: {s['audio_seconds']:.2f} s of audio, first audio {1000 * s['first_audio']:.0f} ms, "
-                  f"RTF {s['rtf']:.3f} ({backend})")
+                  f"RTF {s['rtf']:.3f} ({backend})" + (f", {s['chunks']} chunks" if s["chunks"] > 1 else ""))
 
 
 @app.command()
