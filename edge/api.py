@@ -3,12 +3,14 @@
     from edge.api import speak, profile
     speak("Hello there.", out="hello.wav")            # default preset, exported on first use
     profile(["bundle"], devices=["raspberry-pi-5"])   # what `edge profile bundle --device raspberry-pi-5` measures
+    batch("lines.txt", out="wavs", workers=2)         # one WAV per line + wavs/manifest.jsonl, resumable
     voice = Voice.load("bundle", backend="onnx")      # or drive the stream yourself
     for chunk in voice.stream("Hello there."): ...
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from edge.runtime.text import read_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Voice", "SamplingConfig", "default_bundle", "devices", "profile", "speak"]
+__all__ = ["Voice", "SamplingConfig", "batch", "default_bundle", "devices", "profile", "speak"]
 
 
 def cache_dir() -> Path:
@@ -117,6 +119,66 @@ def speak(
         "warnings": [f"chunk {c.index + 1} of {len(stream.chunks)} hit its frame limit ({c.frames} frames) without "
                      f"ending: {c.text!r}" for c in stream.runaways()],
     }
+
+
+def batch(
+    input: str | Path,
+    out: str | Path,
+    bundle: str | Path | None = None,
+    backend: str = "onnx",
+    workers: int = 1,
+    threads: int = 1,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    max_seconds: float = 10.0,
+    pause: float = DEFAULT_PAUSE,
+    fmt: str = "auto",
+    ray: str | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Speak every line of `input` into `out` (`edge batch`): one WAV per item plus ``out/manifest.jsonl``.
+
+    `input`: a text file (one utterance a line) or JSONL (``text``; optional ``id``, ``speaker``, ``seed``);
+    `fmt` forces text or jsonl. Resumable: items already complete in `out` are skipped. `workers` processes (or
+    Ray actors, with `ray` an address, ``auto`` or ``local``), each loading the voice once and running its graphs
+    on `threads` threads: with a fixed seed the WAVs are byte-identical for any `workers` at the same `threads`.
+    Bad lines and texts the voice refuses are skipped and listed in the result's ``errors`` with their line
+    numbers. `on_progress` gets an `edge.runtime.batch.Progress` after each item.
+    """
+    from edge.bundle import load_bundle
+    from edge.runtime.batch import Settings, connect_ray, prepare_out, read_items, run_batch
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgeError(f"--out '{out}' is a file; give a directory for the WAVs and manifest.jsonl")
+    if workers < 1:
+        raise EdgeError(f"--workers must be >= 1, got {workers}")
+    if threads < 1:
+        raise EdgeError(f"--threads must be >= 1, got {threads}")
+    if not (max_seconds > 0 and np.isfinite(max_seconds)):
+        raise EdgeError(f"--max-seconds must be a positive number, got {max_seconds}")
+    if not (pause >= 0 and np.isfinite(pause)):
+        raise EdgeError(f"--pause must be >= 0 seconds, got {pause}")
+    SamplingConfig().override(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    path = Path(bundle) if bundle is not None else default_bundle(backend=backend)
+    loaded = load_bundle(path)
+    if loaded.family != "csm":
+        raise EdgeError(f"bundle {loaded.root} is a '{loaded.family}' codec bundle, not a voice; "
+                        "export a TTS preset such as csm-tiny to speak")
+    loaded.require_backend(backend)
+    items, bad = read_items(input, loaded.model["speakers"], seed, fmt)
+    settings = Settings(str(Path(loaded.root).resolve()), backend, threads, temperature, top_k, top_p, max_seconds,
+                        pause)
+    bundle_sha = hashlib.sha256((Path(loaded.root) / "manifest.json").read_bytes()).hexdigest()
+    if ray is not None:
+        connect_ray(ray, workers)
+    result = run_batch(items, prepare_out(out), settings, bundle_sha, workers, ray, on_progress)
+    result["bad_lines"] = len(bad)
+    result["errors"] = sorted([{"line": b.line, "id": None, "error": b.message} for b in bad] + result["errors"],
+                              key=lambda e: e["line"])
+    return result
 
 
 def devices() -> list[dict[str, Any]]:

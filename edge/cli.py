@@ -289,6 +289,76 @@ def speak(
 
 
 @app.command()
+def batch(
+    input_file: Annotated[Path, typer.Argument(metavar="INPUT", help="Text file (one utterance a line) or JSONL "
+                                               "(text; optional id, speaker, seed); '-' reads standard input.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for one WAV per item and manifest.jsonl "
+                                      "(created; a rerun resumes).")],
+    bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
+                                                    f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
+    backend: Annotated[str, typer.Option(help="onnx, executorch or torch.")] = "onnx",
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Worker processes (or Ray actors), each loading "
+                                         "the voice once.")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads per graph in each worker. WAVs are byte-identical for "
+                                              "any --workers at the same --threads.")] = 1,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Run the workers as actors on a Ray "
+                                            "cluster: its address, 'auto' (the one this machine is in) or 'local' "
+                                            "(start one here). Needs the cluster extra.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature; 0 = greedy. Default: the "
+                                                           "voice's.", show_default=False)] = None,
+    top_k: Annotated[int | None, typer.Option(help="Default: the voice's.", show_default=False)] = None,
+    top_p: Annotated[float | None, typer.Option(help="Default: the voice's.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every item without its own 'seed'.")] = 0,
+    max_seconds: Annotated[float, typer.Option(help="Stop a sentence after this much audio.")] = 10.0,
+    pause: Annotated[float, typer.Option(help="Seconds of silence between an item's sentences.")] = 0.3,
+    fmt: Annotated[str, typer.Option("--format", help="auto (JSONL for .jsonl/.ndjson or lines starting with '{'), "
+                                     "text or jsonl.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (no progress bar).")] = False,
+) -> None:
+    """Speak many texts: one WAV per line of INPUT into --out, with DIR/manifest.jsonl (id, path, seconds,
+    frames, sha256, timings).
+
+    Resumable: a rerun skips items already complete (WAV and manifest row); every file is written atomically,
+    so a killed run loses only the items in flight. A bad line is reported with its line number and skipped;
+    the exit code is 1 when any line was skipped.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from edge.api import batch as api_batch
+
+    columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn(), TextColumn("{task.fields[speed]}"))
+    with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("batch", total=None, speed="")
+
+        def show(p) -> None:
+            bar.update(task, total=p.total, completed=p.done + p.failed,
+                       speed=f"{p.speed:.2f} audio s/s" + (f", {p.failed} failed" if p.failed else ""))
+
+        result = api_batch(input_file, out, bundle=bundle_dir, backend=backend, workers=workers, threads=threads,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
+                           pause=pause, fmt=fmt, ray=ray, on_progress=show)
+    if as_json:
+        _print_json(result)
+    else:
+        err.print(f"{result['out']}: {result['spoken']} spoken, {result['skipped']} already there, "
+                  f"{len(result['errors'])} skipped as bad; {result['audio_seconds']:.1f} s of audio in "
+                  f"{result['seconds']:.1f} s ({result['speed']:.2f} audio s/s, {workers} worker"
+                  f"{'s' if workers > 1 else ''}{' on Ray' if ray else ''})", highlight=False)
+        for e in result["errors"]:
+            err.print(f"  line {e['line']}: {e['error']}", highlight=False, soft_wrap=True)
+    if result["errors"]:
+        sys.exit(1)
+
+
+@app.command()
 def devices(
     name: Annotated[str | None, typer.Argument(help="Show one device's facts with their sources.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the catalogue (facts and sources) as JSON.")] = False,
