@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from edge import __version__
@@ -335,16 +336,22 @@ def batch(
 
     columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn(), TextColumn("{task.fields[speed]}"))
-    with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
-        task = bar.add_task("batch", total=None, speed="")
+    bar = Progress(*columns, console=err, transient=True, disable=as_json)
+    task = bar.add_task("batch", total=None, speed="")
 
-        def show(p) -> None:
-            bar.update(task, total=p.total, completed=p.done + p.failed,
-                       speed=f"{p.speed:.2f} audio s/s" + (f", {p.failed} failed" if p.failed else ""))
+    def show(p) -> None:
+        if not bar.live.is_started:
+            bar.start()  # at the first item, after the input and the flags have been checked
+        bar.update(task, total=p.total, completed=p.done + p.failed,
+                   speed=f"{p.speed:.2f} audio s/s" + (f", {p.failed} failed" if p.failed else ""))
 
+    try:
         result = api_batch(input_file, out, bundle=bundle_dir, backend=backend, workers=workers, threads=threads,
                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
                            pause=pause, fmt=fmt, ray=ray, on_progress=show)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     if as_json:
         _print_json(result)
     else:
@@ -448,7 +455,7 @@ def main() -> None:
     except EdgeError as e:
         if _debug:
             traceback.print_exc()
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # keeps [extra] names
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
