@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+LONG_TEXT = Path(__file__).with_name("long_text.md")  # written by benchmarks/long_text.py (its own run)
 NOTES = Path(__file__).with_name("notes.md")  # what was changed to reach the targets, with measured effects
 
 
@@ -217,6 +218,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                        "were built, on the same machine): " + ", ".join(
                            f"{k} {'unknown' if v is None else f'{v:.0f} s'}" for k, v in reused.items()) + ".")
         out.append("")
+    if LONG_TEXT.is_file():
+        out += [LONG_TEXT.read_text().strip(), ""]
     if NOTES.is_file():
         out += [NOTES.read_text().strip(), ""]
     path.write_text("\n".join(out))

@@ -173,7 +173,7 @@ def batch(
                         pause)
     bundle_sha = hashlib.sha256((Path(loaded.root) / "manifest.json").read_bytes()).hexdigest()
     if ray is not None:
-        connect_ray(ray, workers)
+        connect_ray(ray, workers * threads)
     result = run_batch(items, prepare_out(out), settings, bundle_sha, workers, ray, on_progress)
     result["bad_lines"] = len(bad)
     result["errors"] = sorted([{"line": b.line, "id": None, "error": b.message} for b in bad] + result["errors"],

@@ -267,10 +267,10 @@ def run_processes(items: list[Item], settings: Settings, config: str, workers: i
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def connect_ray(address: str, workers: int) -> None:
+def connect_ray(address: str, cpus: int) -> None:
     """Join the Ray cluster at `address`: a cluster's address, `auto` (the running cluster this machine belongs
-    to) or `local` (start a private one here with `workers` CPUs). A process that has already called
-    `ray.init` keeps its cluster."""
+    to) or `local` (start a private one here with `cpus` CPUs). A process that has already called `ray.init`
+    keeps its cluster."""
     try:
         import ray
     except ImportError:
@@ -279,7 +279,7 @@ def connect_ray(address: str, workers: int) -> None:
         return
     try:
         if address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, ValueError) as e:
@@ -293,7 +293,7 @@ def run_ray(items: list[Item], settings: Settings, config: str, workers: int) ->
     from ray.util import ActorPool
 
     files = ray.put(_bundle_files(Path(settings.bundle)))
-    actor = ray.remote(num_cpus=1)(VoiceActor)
+    actor = ray.remote(num_cpus=settings.threads)(VoiceActor)
     pool = ActorPool([actor.remote(settings, config, files) for _ in range(workers)])
     yield from pool.map_unordered(lambda a, item: a.speak.remote(item), items)
 
