@@ -25,7 +25,7 @@ from edge.bundle import FORMAT_VERSION
 from edge.errors import EdgeError
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import check_writable, to_pcm16, write_wav
-from edge.runtime.loop import DEFAULT_PAUSE, Voice
+from edge.runtime.loop import DEFAULT_MAX_CHARS, DEFAULT_PAUSE, Voice
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.text import read_text
 
@@ -76,11 +76,13 @@ def speak(
     threads: int | None = None,
     file: str | Path | None = None,
     pause: float = DEFAULT_PAUSE,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
 ) -> dict[str, Any]:
     """Speak `text` (or the UTF-8 text `file`, `-` for stdin): write a WAV to `out` and/or raw 16-bit PCM chunks
     to `pcm_sink` as they decode.
 
-    A text of any length is spoken sentence by sentence as one stream, `pause` seconds between sentences;
+    A text of any length is spoken sentence by sentence as one stream, `pause` seconds between sentences; a
+    sentence longer than `max_chars` (None: than the prompt holds) is split at clauses, then words.
     `max_seconds` bounds each chunk. `temperature`, `top_k` and `top_p` left out take the voice's recommended
     sampling (its manifest's ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and
     timings (what `edge speak --json` prints), with one record per chunk (text, start, frames) and a warning
@@ -96,7 +98,7 @@ def speak(
     SamplingConfig().override(**flags)  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
     sampling = voice.sampling.override(**flags)
-    stream = voice.stream(text, speaker, sampling, max_seconds, pause)
+    stream = voice.stream(text, speaker, sampling, max_seconds, pause, max_chars=max_chars)
     chunks = []
     for chunk in stream:
         chunks.append(chunk)
@@ -134,6 +136,7 @@ def batch(
     seed: int = 0,
     max_seconds: float = 10.0,
     pause: float = DEFAULT_PAUSE,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
     fmt: str = "auto",
     ray: str | None = None,
     on_progress: Callable[[Any], None] | None = None,
@@ -161,6 +164,8 @@ def batch(
         raise EdgeError(f"--max-seconds must be a positive number, got {max_seconds}")
     if not (pause >= 0 and np.isfinite(pause)):
         raise EdgeError(f"--pause must be >= 0 seconds, got {pause}")
+    if max_chars is not None and max_chars < 1:
+        raise EdgeError(f"--max-chars must be >= 1, got {max_chars}")
     SamplingConfig().override(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     path = Path(bundle) if bundle is not None else default_bundle(backend=backend)
     loaded = load_bundle(path)
@@ -170,7 +175,7 @@ def batch(
     loaded.require_backend(backend)
     items, bad = read_items(input, loaded.model["speakers"], seed, fmt)
     settings = Settings(str(Path(loaded.root).resolve()), backend, threads, temperature, top_k, top_p, max_seconds,
-                        pause)
+                        pause, max_chars)
     bundle_sha = hashlib.sha256((Path(loaded.root) / "manifest.json").read_bytes()).hexdigest()
     if ray is not None:
         connect_ray(ray, workers * threads)

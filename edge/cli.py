@@ -239,6 +239,8 @@ def speak(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this UTF-8 file ('-': "
                                               "standard input) instead.")] = None,
     pause: Annotated[float, typer.Option(help="Seconds of silence between sentences.")] = 0.3,
+    max_chars: Annotated[int, typer.Option(help="Split a longer sentence at clauses (then words) into chunks of "
+                                                "at most this many characters; 0: as long as the prompt holds.")] = 80,
     bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
                                                     f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="WAV file to write.")] = None,
@@ -280,7 +282,7 @@ def speak(
     sink = sys.stdout.buffer if stream else None
     result = api_speak(text, bundle=bundle_dir, out=out, pcm_sink=sink, backend=backend, speaker=speaker,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
-                       threads=threads, file=file, pause=pause)
+                       threads=threads, file=file, pause=pause, max_chars=max_chars or None)
     if as_json:
         (err.print_json if stream else _print_json)(json.dumps(result, default=float) if stream else result)
     elif not stream:
@@ -312,6 +314,8 @@ def batch(
     seed: Annotated[int, typer.Option(help="Seed of every item without its own 'seed'.")] = 0,
     max_seconds: Annotated[float, typer.Option(help="Stop a sentence after this much audio.")] = 10.0,
     pause: Annotated[float, typer.Option(help="Seconds of silence between an item's sentences.")] = 0.3,
+    max_chars: Annotated[int, typer.Option(help="Split a longer sentence into chunks of at most this many "
+                                                "characters; 0: as long as the prompt holds.")] = 80,
     fmt: Annotated[str, typer.Option("--format", help="auto (JSONL for .jsonl/.ndjson or lines starting with '{'), "
                                      "text or jsonl.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (no progress bar).")] = False,
@@ -348,7 +352,7 @@ def batch(
     try:
         result = api_batch(input_file, out, bundle=bundle_dir, backend=backend, workers=workers, threads=threads,
                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
-                           pause=pause, fmt=fmt, ray=ray, on_progress=show)
+                           pause=pause, max_chars=max_chars or None, fmt=fmt, ray=ray, on_progress=show)
     finally:
         if bar.live.is_started:
             bar.stop()

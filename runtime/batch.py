@@ -31,6 +31,7 @@ from typing import Any
 
 from edge.errors import EdgeError
 from edge.runtime.audio import to_pcm16
+from edge.runtime.loop import DEFAULT_MAX_CHARS, DEFAULT_PAUSE
 from edge.runtime.text import read_text
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class Settings:
     top_k: int | None = None
     top_p: float | None = None
     max_seconds: float = 10.0
-    pause: float = 0.3
+    pause: float = DEFAULT_PAUSE
+    max_chars: int | None = DEFAULT_MAX_CHARS
 
     def digest(self, bundle_sha: str) -> str:
         """What a WAV depends on besides its item: the bundle's files and the settings (not its path)."""
@@ -180,7 +182,8 @@ class Synthesizer:
         head = {"id": item.id, "line": item.line}
         try:
             stream = self.voice.stream(item.text, item.speaker, self.sampling.override(seed=item.seed),
-                                       self.settings.max_seconds, self.settings.pause)
+                                       self.settings.max_seconds, self.settings.pause,
+                                       max_chars=self.settings.max_chars)
             audio = np.concatenate(list(stream))
         except EdgeError as e:
             return {**head, "error": str(e)}, None

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 2_000_000  # a long book; past it, more likely a wrong file than a text
 DEFAULT_PAUSE = 0.3  # seconds of silence between sentences of a long text
+# Longest chunk, in characters, when the prompt would allow more. Voices trained on short sentences run away
+# (never end) on long ones: the default voice (trained on 4-20 word sentences) on 2,000 words of the GPL-3 ran
+# away on 22 of 161 chunks when only the prompt bounded them (29% of chunks over 100 characters), 4 of 224
+# with this cap (benchmarks/long_text.py).
+DEFAULT_MAX_CHARS = 80
 # A slow speaking rate, to size chunks: a chunk's prompt and the frames it will take must fit the KV cache.
 SPEECH_CHARS_PER_SECOND = 12.0
 _RAMP_SECONDS = 0.005  # a pause fades out of the audio before it and into the audio after it
@@ -207,10 +212,14 @@ class Voice:
         if not (pause >= 0 and np.isfinite(pause)):
             raise EdgeError(f"--pause must be >= 0 seconds, got {pause}")
 
-    def plan(self, text: str, speaker: int = 0, language: str = "en") -> list[tuple[Piece, list[int]]]:
+    def plan(self, text: str, speaker: int = 0, language: str = "en",
+             max_chars: int | None = DEFAULT_MAX_CHARS) -> list[tuple[Piece, list[int]]]:
         """The chunks `stream` speaks `text` in, each with its prompt tokens: sentences, else clauses, else
         words (`edge.runtime.text`), each within the prompt capacity, and short enough that its prompt plus the
-        frames it should take at a slow speaking rate fit the KV cache."""
+        frames it should take at a slow speaking rate fit the KV cache; and no longer than `max_chars` (None: as
+        long as the prompt allows) unless a single word is longer."""
+        if max_chars is not None and max_chars < 1:
+            raise EdgeError(f"--max-chars must be >= 1, got {max_chars}")
         m = self.model
         cap, kv = m["prompt_capacity"], m["kv_capacity"]
         frames_per_char = m["frame_rate"] / SPEECH_CHARS_PER_SECOND
@@ -223,7 +232,8 @@ class Voice:
 
         def fits(t: str) -> bool:
             n = len(tokens(t))
-            return n <= cap and n + math.ceil(len(t) * frames_per_char) <= kv
+            short = max_chars is None or len(t) <= max_chars or " " not in t  # one long word is one chunk
+            return short and n <= cap and n + math.ceil(len(t) * frames_per_char) <= kv
 
         pieces = chunk_text(text, fits, language)
         if not pieces:
@@ -231,19 +241,21 @@ class Voice:
         return [(p, tokens(p.text)) for p in pieces]
 
     def stream(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
-               max_seconds: float = 10.0, pause: float = DEFAULT_PAUSE, language: str = "en") -> Stream:
+               max_seconds: float = 10.0, pause: float = DEFAULT_PAUSE, language: str = "en",
+               max_chars: int | None = DEFAULT_MAX_CHARS) -> Stream:
         """Validate and chunk everything up front, then return a lazy stream of audio chunks.
 
         `text` may be any length: it is spoken chunk by chunk (`plan`) as one stream, `pause` seconds of
-        silence between sentences. `max_seconds` bounds each chunk; one that reaches it without ending is
-        logged as a warning and listed by `Stream.runaways()`.
+        silence between sentences; `max_chars` caps a chunk's length below what the prompt allows. `max_seconds`
+        bounds each chunk; one that reaches it without ending is logged as a warning and listed by
+        `Stream.runaways()`.
 
         Its clock (`stats.first_audio`, `stats.total`) counts this call's own work (validation, chunking,
         tokenizing) and the loop from the moment the first chunk is asked for, not the time in between.
         """
         t = time.perf_counter()
         self._check(text, speaker, max_seconds, pause)
-        plan = self.plan(text, speaker, language)
+        plan = self.plan(text, speaker, language, max_chars)
         sampler = Sampler(sampling or self.sampling)
         stats = Stats(backend=self.backend, prompt_tokens=sum(len(tokens) for _, tokens in plan), chunks=len(plan))
         stream = Stream(iter(()), stats)
@@ -251,8 +263,9 @@ class Voice:
         return stream
 
     def synthesize(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
-                   max_seconds: float = 10.0, pause: float = DEFAULT_PAUSE) -> tuple[np.ndarray, Stats]:
-        stream = self.stream(text, speaker, sampling, max_seconds, pause)
+                   max_seconds: float = 10.0, pause: float = DEFAULT_PAUSE,
+                   max_chars: int | None = DEFAULT_MAX_CHARS) -> tuple[np.ndarray, Stats]:
+        stream = self.stream(text, speaker, sampling, max_seconds, pause, max_chars=max_chars)
         chunks = list(stream)
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         return audio, stream.stats

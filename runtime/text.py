@@ -75,10 +75,27 @@ def _words(clause: str, fits: Callable[[str], bool]) -> list[str]:
 
 
 def _greedy(units: list[str], fits: Callable[[str], bool]) -> list[str]:
-    """Join neighbouring units with spaces as long as the result fits (each unit fits on its own)."""
+    """Join neighbouring units with spaces into as few pieces as fit (each unit fits on its own), and among
+    those splits the one whose longest piece is shortest: balanced pieces, not a full one and a stub."""
+    fewest = _join(units, fits, None)
+    if len(fewest) <= 1:
+        return fewest
+    lo, hi = max(len(u) for u in units), max(len(p) for p in fewest)
+    while lo < hi:  # the piece count only falls as the length limit rises
+        mid = (lo + hi) // 2
+        if len(_join(units, fits, mid)) <= len(fewest):
+            hi = mid
+        else:
+            lo = mid + 1
+    return _join(units, fits, lo)
+
+
+def _join(units: list[str], fits: Callable[[str], bool], limit: int | None) -> list[str]:
+    """Greedy: each unit joins the piece before it while the result fits (and is at most `limit` long)."""
     out: list[str] = []
     for u in units:
-        if out and fits(joined := f"{out[-1]} {u}"):
+        joined = f"{out[-1]} {u}" if out else ""
+        if out and (limit is None or len(joined) <= limit) and fits(joined):
             out[-1] = joined
         else:
             out.append(u)

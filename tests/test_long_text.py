@@ -50,9 +50,12 @@ def test_a_sentence_that_fits_is_one_piece():
 def test_too_long_sentences_split_at_clauses_then_words():
     sentence = "It was a long day, full of meetings; the kind that drags on and on and on without any end in sight."
     pieces = chunk_text(sentence, fits_within(40))
-    assert [p.text for p in pieces] == ["It was a long day, full of meetings;", "the kind that drags on and on and on",
-                                        "without any end in sight."]
+    assert [p.text for p in pieces] == ["It was a long day, full of meetings;", "the kind that drags on and on",
+                                        "and on without any end in sight."]
     assert [p.sentence_end for p in pieces] == [False, False, True]
+    # As few pieces as fit, as even as can be: not a full piece and a stub.
+    assert [p.text for p in chunk_text("aa bb cc dd ee ff gg hh ii", fits_within(20))] == [
+        "aa bb cc dd ee", "ff gg hh ii"]
     # Clauses are packed together while they fit.
     assert [p.text for p in chunk_text("One, two, three, four.", fits_within(12))] == ["One, two,", "three, four."]
     # A dash between spaces is a clause boundary too.
@@ -63,6 +66,15 @@ def test_too_long_sentences_split_at_clauses_then_words():
 def test_a_word_is_never_cut():
     with pytest.raises(EdgeError, match="alone does not fit"):
         chunk_text("A supercalifragilisticexpialidocious word.", fits_within(20))
+
+
+def test_max_chars_caps_chunks_but_not_words(voice):
+    text = "See https://example.com/a/long/path/index.html for more, if you like."
+    assert [p.text for p, _ in voice.plan(text, max_chars=30)] == [
+        "See", "https://example.com/a/long/path/index.html", "for more, if you like."]
+    assert all(len(p.text) <= 20 for p, _ in voice.plan(STORY, max_chars=20) if " " in p.text)
+    with pytest.raises(EdgeError, match="--max-chars must be >= 1"):
+        voice.plan(text, max_chars=0)
 
 
 @settings(max_examples=60, deadline=None)
