@@ -88,6 +88,7 @@ def main() -> None:
 
     from edge.api import default_bundle
     from edge.bundle import load_bundle
+    from edge.runtime.loop import DEFAULT_MAX_CHARS
     from edge.runtime.text import sentences
 
     bundle = default_bundle()
@@ -97,16 +98,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edge-long-") as tmp:
         work = Path(tmp)
         (work / "text.txt").write_text(text)
-        speak = edge("speak", "--file", str(work / "text.txt"), "--out", str(work / "long.wav"))
-        audio, rate = read_wav(work / "long.wav")
-        s = speak["stats"]
-        results["speak"] = {
-            "chunks": s["chunks"], "frames": s["frames"], "audio_seconds": s["audio_seconds"],
-            "first_audio": s["first_audio"], "total": s["total"], "rtf": s["rtf"],
-            "runaways": len(speak["warnings"]), "clause_or_word_chunks": sum(
-                1 for c in speak["chunks"] if c["pause_after"] == 0 and c is not speak["chunks"][-1]),
-            **seams(audio, speak["chunks"], rate, model["samples_per_frame"]),
-        }
+        results["speak"] = []
+        for max_chars in (DEFAULT_MAX_CHARS, 0):  # the default, and chunks as long as the prompt allows
+            speak = edge("speak", "--file", str(work / "text.txt"), "--out", str(work / "long.wav"),
+                         "--max-chars", str(max_chars))
+            audio, rate = read_wav(work / "long.wav")
+            s = speak["stats"]
+            results["speak"].append({
+                "max_chars": max_chars, "chunks": s["chunks"], "frames": s["frames"],
+                "audio_seconds": s["audio_seconds"], "first_audio": s["first_audio"], "total": s["total"],
+                "rtf": s["rtf"], "runaways": len(speak["warnings"]), "clause_or_word_chunks": sum(
+                    1 for c in speak["chunks"][:-1] if c["pause_after"] == 0),
+                **seams(audio, speak["chunks"], rate, model["samples_per_frame"]),
+            })
         lines = sentences(text)[: args.batch_lines]
         (work / "lines.txt").write_text("\n".join(lines) + "\n")
         runs = [("processes", 1), ("processes", 2)] + ([] if args.skip_ray else [("ray", 2)])
@@ -128,23 +132,30 @@ def main() -> None:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    s, b = r["speak"], r["batch"]
+    b = r["batch"]
     base = b["runs"][0]["speed"]
+    cols = [f"--max-chars {s['max_chars']}" + (" (default)" if i == 0 else " (prompt only)")
+            for i, s in enumerate(r["speak"])]
+    row = lambda name, f: f"| {name} | " + " | ".join(f(s) for s in r["speak"]) + " |"  # noqa: E731
     out = [
         "## Long texts and many texts (default voice, onnx)", "",
-        f"`python benchmarks/long_text.py` (the commands it runs are `edge speak --file TEXT --out long.wav --json` "
-        f"and `edge batch LINES --out DIR --workers N [--ray local] --json`). Text: the first {r['words']} words "
-        f"({r['characters']} characters) of `{r['text']}`; batch: its first {b['lines']} sentences, one a line. "
-        "One run on the shared 2-core machine: compare ratios, not absolute times.", "",
-        "| `edge speak --file` | value |", "| --- | --- |",
-        f"| chunks (of which clause or word splits) | {s['chunks']} ({s['clause_or_word_chunks']}) |",
-        f"| audio | {s['audio_seconds']:.1f} s ({s['frames']} frames) |",
-        f"| first audio | {1000 * s['first_audio']:.0f} ms |",
-        f"| total compute, real-time factor | {s['total']:.1f} s, {s['rtf']:.3f} |",
-        f"| chunks that hit their frame limit | {s['runaways']} |",
-        f"| step across the {s['seams']} seams: max, median | {s['seam_max']:.4f}, {s['seam_median']:.4f} |",
-        f"| step across the {s['frame_steps']} frame boundaries inside chunks: max, p99, median | "
-        f"{s['frame_step_max']:.4f}, {s['frame_step_p99']:.4f}, {s['frame_step_median']:.4f} |", "",
+        f"`python benchmarks/long_text.py` (the commands it runs are `edge speak --file TEXT --out long.wav "
+        f"--max-chars N --json` and `edge batch LINES --out DIR --workers N [--ray local] --json`). Text: the first "
+        f"{r['words']} words ({r['characters']} characters) of `{r['text']}`; batch: its first {b['lines']} "
+        "sentences, one a line. One run on the shared 2-core machine (other work running): compare ratios, not "
+        "absolute times. A seam is where one chunk's audio ends and the next (or a pause) begins; the codec's own "
+        "frame-to-frame change is the same sample step at every frame boundary inside the chunks.", "",
+        "| `edge speak --file` | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols),
+        row("chunks (of which clause or word splits)", lambda s: f"{s['chunks']} ({s['clause_or_word_chunks']})"),
+        row("audio", lambda s: f"{s['audio_seconds']:.1f} s ({s['frames']} frames)"),
+        row("first audio", lambda s: f"{1000 * s['first_audio']:.0f} ms"),
+        row("total compute, real-time factor", lambda s: f"{s['total']:.1f} s, {s['rtf']:.3f}"),
+        row("chunks that hit their frame limit (runaways)", lambda s: str(s["runaways"])),
+        row("step across seams: max, median", lambda s: f"{s['seam_max']:.4f}, {s['seam_median']:.4f} "
+            f"({s['seams']})"),
+        row("step across frame boundaries inside chunks: max, p99, median", lambda s: f"{s['frame_step_max']:.4f}, "
+            f"{s['frame_step_p99']:.4f}, {s['frame_step_median']:.4f}"),
+        "",
         "| `edge batch` | workers | wall time | audio | audio s per s | vs 1 process | WAVs identical to 1 process |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]

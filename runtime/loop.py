@@ -61,7 +61,7 @@ class Stats:
     lm: float = 0.0  # lm_step calls
     depth: float = 0.0  # depth_step calls
     codec: float = 0.0  # codec_decoder calls
-    stopped_by: str = ""  # "eos", or "max_frames" when a chunk hit its frame limit without ending
+    stopped_by: str = ""  # "eos", else why the first chunk that did not end stopped: "max_seconds" or "kv_capacity"
     chunks: int = 0  # prompts spoken (a long text has several)
 
     @property
@@ -143,7 +143,8 @@ class FrameDecoder:
 @dataclass
 class TextChunk:
     """One chunk of a text as spoken: where its audio starts in the stream (after any pause before it), its
-    frames and why it stopped. `stopped_by` "max_frames" is a runaway: the chunk never ended by itself."""
+    frames and why it stopped: "eos", or a runaway that never ended by itself, cut at "max_seconds" or at
+    "kv_capacity" (the KV cache was full first)."""
 
     index: int
     text: str
@@ -170,7 +171,7 @@ class Stream:
 
     def runaways(self) -> list[TextChunk]:
         """The chunks that hit their frame limit without ending (their audio may stop mid-word)."""
-        return [c for c in self.chunks if c.stopped_by == "max_frames"]
+        return [c for c in self.chunks if c.stopped_by not in ("", "eos")]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._chunks
@@ -191,9 +192,8 @@ class Voice:
         self.sampling = SamplingConfig(**bundle.manifest.get("sampling", {})).validate()
         self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
                                       threads)
-        # States and the prompt buffer are allocated once per voice, not per stream.
+        # States are allocated once per voice and reused stream after stream, each stream holding its own.
         self._pools = {g: StatePool(bundle.graphs[g]) for g in ("lm_step", "depth_step", "codec_decoder")}
-        self._prompt = np.full((1, self.model["prompt_capacity"]), self.model["text_pad_token"], dtype=np.int64)
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> Voice:
@@ -307,10 +307,15 @@ class Voice:
                 out, last = out + audio.size, float(audio[-1])
                 yield audio
             record.seconds = record.frames * m["samples_per_frame"] / sr
-            if record.stopped_by == "max_frames":
+            if record.stopped_by == "max_seconds":
                 log.warning("chunk %d of %d hit its frame limit (%d frames, %.1f s) without ending, so its audio "
                             "may stop mid-word: %r; raise --max-seconds or shorten it", i + 1, len(plan),
                             record.frames, record.seconds, piece.text)
+            elif record.stopped_by == "kv_capacity":
+                log.warning("chunk %d of %d: audio cut at %.2f s without ending: the KV cache holds %d positions and "
+                            "the prompt used %d; re-export with a larger --kv-capacity for longer audio, or lower "
+                            "--max-chars: %r", i + 1, len(plan), record.seconds, m["kv_capacity"], len(tokens),
+                            piece.text)
             if hold:  # the chunk gave no audio: the held-back part of the pause is plain silence
                 yield self._silence(stats, hold)
                 out, last, hold = out + hold, 0.0, 0
@@ -321,7 +326,7 @@ class Voice:
                 out, last, hold = out + body.size, 0.0, ramp
                 record.pause_after = pause_samples / sr
                 yield body
-        stats.stopped_by = "max_frames" if stream.runaways() else "eos"
+        stats.stopped_by = next((c.stopped_by for c in stream.runaways()), "eos")
         stats.total = time.perf_counter() - start
         per_frame = ", ".join(f"{k} {v:.1f}" for k, v in stats.per_frame_ms().items())
         log.info("%s: %d chunks, %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f; per frame (ms): %s",
@@ -338,15 +343,11 @@ class Voice:
         """One chunk: prefill its prompt, then frame after frame until end of speech or its frame limit."""
         m, s, stats = self.model, self.sessions, stream.stats
         k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
-        max_frames = min(int(max_seconds * m["frame_rate"]), cap - len(tokens))
-        if max_frames < int(max_seconds * m["frame_rate"]):
-            log.info("capped at %d frames: the KV cache holds %d positions, the prompt uses %d",
-                     max_frames, cap, len(tokens))
+        wanted = int(max_seconds * m["frame_rate"])
+        max_frames = min(wanted, cap - len(tokens))
 
-        # The prompt buffer is refilled in place; prefill reads it before this stream yields anything.
-        padded = self._prompt
+        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)  # this chunk's own
         padded[0, : len(tokens)] = tokens
-        padded[0, len(tokens) :] = m["text_pad_token"]
         depth = states["depth_step"]
         out = call("prefill", s["lm_prefill"], {"tokens": padded, "length": np.array([len(tokens)], np.int64)})
         if "lm_step" in states:  # a later chunk: the same state, restarted from this prefill's cache
@@ -358,7 +359,7 @@ class Voice:
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
-        record.stopped_by = "max_frames"
+        record.stopped_by = "kv_capacity" if max_frames < wanted else "max_seconds"
 
         for frame in range(max_frames):
             hidden = out["hidden"]

@@ -181,9 +181,9 @@ def test_runaway_chunks_are_reported(voice, caplog):
         list(stream)
     max_frames = int(0.24 * voice.model["frame_rate"])
     runaways = stream.runaways()
-    assert runaways and stream.stats.stopped_by == "max_frames"
+    assert runaways and stream.stats.stopped_by == "max_seconds"
     for c in stream.chunks:
-        assert (c.stopped_by == "max_frames") == (c.frames == max_frames and c in runaways)
+        assert (c.stopped_by == "max_seconds") == (c.frames == max_frames and c in runaways)
     warned = [r.getMessage() for r in caplog.records if "hit its frame limit" in r.getMessage()]
     assert len(warned) == len(runaways) and all(c.text in w for c, w in zip(runaways, warned, strict=True))
 
@@ -209,7 +209,7 @@ def test_speak_file_json_lists_chunks(tiny_bundle, tmp_path):
     assert [c["text"] for c in chunks] == [p.text for p, _ in Voice.load(tiny_bundle).plan(STORY)]
     assert all(set(c) >= {"text", "start", "frames", "stopped_by"} for c in chunks)
     assert [c["start"] for c in chunks] == sorted(c["start"] for c in chunks)
-    assert len(result["warnings"]) == sum(c["stopped_by"] == "max_frames" for c in chunks)
+    assert len(result["warnings"]) == sum(c["stopped_by"] != "eos" for c in chunks)
     with wave.open(str(out)) as w:
         assert w.getnframes() == result["samples"]
     # The same text on standard input gives the same audio.
@@ -232,3 +232,16 @@ def test_speak_file_bad_input(tiny_bundle, tmp_path, content, args, message):
     err = r.stderr.decode()
     assert r.returncode == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_chunk_cut_by_the_kv_cache_is_reported(voice, caplog):
+    """A chunk whose prompt and frames outgrow the KV cache before it ends is a runaway too, and says so."""
+    long = "x" * (voice.model["prompt_capacity"] - 8)  # one word: one chunk, as long as the prompt allows
+    stream = voice.stream(long, sampling=SamplingConfig(temperature=1.0, seed=3), max_seconds=3600)
+    with caplog.at_level(logging.WARNING, logger="edge.runtime.loop"):
+        list(stream)
+    (chunk,) = stream.chunks
+    if chunk.stopped_by == "eos":
+        pytest.skip("this seed ended on its own")
+    assert chunk.stopped_by == stream.stats.stopped_by == "kv_capacity" and stream.runaways() == [chunk]
+    assert chunk.frames == voice.model["kv_capacity"] - chunk.tokens and "--kv-capacity" in caplog.text
