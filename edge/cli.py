@@ -234,8 +234,8 @@ def inspect(
 
 @app.command()
 def speak(
-    text: Annotated[str | None, typer.Argument(help="Text to speak, any length; '-' reads it from standard input.",
-                                               show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(
+        metavar="TEXT", show_default=False, help="Text to speak, any length; '-' reads it from stdin.")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this UTF-8 file ('-': "
                                               "standard input) instead.")] = None,
     pause: Annotated[float, typer.Option(help="Seconds of silence between sentences.")] = 0.3,

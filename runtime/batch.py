@@ -297,8 +297,12 @@ def run_ray(items: list[Item], settings: Settings, config: str, workers: int) ->
 
     files = ray.put(_bundle_files(Path(settings.bundle)))
     actor = ray.remote(num_cpus=settings.threads)(VoiceActor)
-    pool = ActorPool([actor.remote(settings, config, files) for _ in range(workers)])
-    yield from pool.map_unordered(lambda a, item: a.speak.remote(item), items)
+    actors = [actor.remote(settings, config, files) for _ in range(workers)]
+    try:
+        yield from ActorPool(actors).map_unordered(lambda a, item: a.speak.remote(item), items)
+    finally:  # a long-lived driver must not keep their loaded voices
+        for a in actors:
+            ray.kill(a)
 
 
 class VoiceActor:
