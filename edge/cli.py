@@ -275,6 +275,8 @@ def speak(
     """
     from edge.api import speak as api_speak
 
+    if text is None and file is None:
+        raise EdgeError("no text to speak; give TEXT, '-' for standard input, or --file PATH")
     if out is None and not stream:
         raise EdgeError("nowhere to put the audio; give --out FILE.wav and/or --stream")
     if text == "-":
