@@ -148,7 +148,8 @@ def batch(
     Ray actors, with `ray` an address, ``auto`` or ``local``), each loading the voice once and running its graphs
     on `threads` threads: with a fixed seed the WAVs are byte-identical for any `workers` at the same `threads`.
     Bad lines and texts the voice refuses are skipped and listed in the result's ``errors`` with their line
-    numbers. `on_progress` gets an `edge.runtime.batch.Progress` after each item.
+    numbers. `on_progress` gets an `edge.runtime.batch.Progress` after each item. With `workers` > 1 the workers
+    are spawned processes, so a script calling this needs the usual ``if __name__ == "__main__":`` guard.
     """
     from edge.bundle import load_bundle
     from edge.runtime.batch import Settings, connect_ray, prepare_out, read_items, run_batch
