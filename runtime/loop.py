@@ -37,8 +37,8 @@ MAX_TEXT_CHARS = 2_000_000  # a long book; past it, more likely a wrong file tha
 DEFAULT_PAUSE = 0.3  # seconds of silence between sentences of a long text
 # Longest chunk, in characters, when the prompt would allow more. Voices trained on short sentences run away
 # (never end) on long ones: the default voice (trained on 4-20 word sentences) on 2,000 words of the GPL-3 ran
-# away on 22 of 161 chunks when only the prompt bounded them (29% of chunks over 100 characters), 4 of 224
-# with this cap (benchmarks/long_text.py).
+# away on 22 of 163 chunks when only the prompt bounded them (about 1 in 4 of those over 80 characters), on 6 of
+# 227 with this cap (benchmarks/long_text.py, BENCHMARKS.md).
 DEFAULT_MAX_CHARS = 80
 # A slow speaking rate, to size chunks: a chunk's prompt and the frames it will take must fit the KV cache.
 SPEECH_CHARS_PER_SECOND = 12.0
