@@ -365,6 +365,10 @@ def batch(
                   f"{len(result['errors'])} skipped as bad; {result['audio_seconds']:.1f} s of audio in "
                   f"{result['seconds']:.1f} s ({result['speed']:.2f} audio s/s, {workers} worker"
                   f"{'s' if workers > 1 else ''}{' on Ray' if ray else ''})", highlight=False)
+        if result["runaways"]:
+            err.print(f"  {len(result['runaways'])} items have a chunk that hit its frame limit without ending (their "
+                      "manifest rows list them under 'runaways'), e.g. " + ", ".join(result["runaways"][:5]),
+                      highlight=False, soft_wrap=True)
         for e in result["errors"]:
             err.print(f"  line {e['line']}: {e['error']}", highlight=False, soft_wrap=True)
     if result["errors"]:

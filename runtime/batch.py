@@ -428,6 +428,7 @@ def run_batch(items: list[Item], out: Path, settings: Settings, bundle_sha: str,
     return {
         "out": str(out), "manifest": str(out / MANIFEST), "items": len(items), "spoken": progress.done,
         "skipped": len(items) - len(todo), "failed": len(failed),
+        "runaways": [i.id for i in items if done.get(i.id, {}).get("runaways")],  # items with a chunk that never ended
         "audio_seconds": progress.audio_seconds, "seconds": progress.elapsed, "speed": progress.speed,
         "workers": workers, "ray": ray, "errors": [{"line": r["line"], "id": r["id"], "error": r["error"]}
                                                    for r in sorted(failed, key=lambda r: r["line"])],

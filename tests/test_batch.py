@@ -113,6 +113,7 @@ def test_manifest_rows_describe_their_wavs(single):
         assert len(data) == 44 + 2 * r["samples"] and r["seconds"] == r["samples"] / 24000
         assert r["frames"] > 0 and set(r["timings"]) == {"first_audio", "total", "rtf"}
     assert rows[1]["chunks"] == 2  # two sentences, one stream
+    assert all(r["runaways"] == [] or set(r["runaways"]) <= set(range(r["chunks"])) for r in rows)
     assert sorted(p.name for p in single.iterdir()) == sorted([MANIFEST] + [r["path"] for r in rows])
 
 
@@ -139,6 +140,7 @@ def test_rerun_skips_complete_items_and_redoes_changed_ones(tiny_bundle, single,
 def test_worker_processes_give_the_same_bytes(tiny_bundle, single, text_input, tmp_path):
     result = batch(text_input, tmp_path / "two", tiny_bundle, workers=2, **FAST)
     assert result["spoken"] == len(LINES)
+    assert result["runaways"] == [r["id"] for r in manifest(tmp_path / "two") if r["runaways"]]
     assert wavs(tmp_path / "two") == wavs(single)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "timings"} for r in rows]  # noqa: E731
     assert strip(manifest(tmp_path / "two")) == strip(manifest(single))
