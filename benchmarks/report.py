@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 RUNS = Path(__file__).with_name("runs.md")  # runs made by hand (quantization sizes, profile, csm-1b, export)
+LONG_TEXT = Path(__file__).with_name("long_text.md")  # written by benchmarks/long_text.py (its own run)
 NOTES = Path(__file__).with_name("notes.md")  # what was changed to reach the targets, with measured effects
 
 
@@ -218,7 +219,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                        "were built, on the same machine): " + ", ".join(
                            f"{k} {'unknown' if v is None else f'{v:.0f} s'}" for k, v in reused.items()) + ".")
         out.append("")
-    for extra in (RUNS, NOTES):
+    for extra in (RUNS, LONG_TEXT, NOTES):
         if extra.is_file():
             out += [extra.read_text().strip(), ""]
     path.write_text("\n".join(out))

@@ -5,6 +5,7 @@
     export("csm-tiny", out="voice", backends="all")   # edge export csm-tiny --backend all --out voice
     quantize("voice", "int8", out="voice-int8")        # edge quantize voice --recipe int8 --out voice-int8
     speak("Hello there.", out="hello.wav")             # default voice, exported on first use
+    batch("lines.txt", out="wavs", workers=2)          # one WAV per line + wavs/manifest.jsonl, resumable
     profile(["voice"], devices=["raspberry-pi-5"])    # edge profile voice --device raspberry-pi-5
     voice = Voice.load("voice", backend="onnx")        # or drive the stream yourself
     for chunk in voice.stream("Hello there."): ...
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import os
@@ -30,13 +32,14 @@ from edge.errors import EdgeError
 from edge.outputs import WavSink, check_audio_out, check_dir_out
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import to_pcm16
-from edge.runtime.loop import Voice, check_seconds, check_text, check_voice
+from edge.runtime.loop import DEFAULT_MAX_CHARS, DEFAULT_PAUSE, Voice, check_seconds, check_text, check_voice
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import check_threads
+from edge.runtime.text import read_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Voice", "SamplingConfig", "default_bundle", "devices", "evaluate", "export", "inspect", "profile",
+__all__ = ["Voice", "SamplingConfig", "batch", "default_bundle", "devices", "evaluate", "export", "inspect", "profile",
            "quantize", "speak"]
 
 Step = Callable[[str], None]
@@ -180,7 +183,7 @@ def inspect(bundle: str | Path) -> dict[str, Any]:
 
 
 def speak(
-    text: str,
+    text: str | None = None,
     bundle: str | Path | None = None,
     out: str | Path | None = None,
     pcm_sink: BinaryIO | None = None,
@@ -193,14 +196,26 @@ def speak(
     max_seconds: float = 10.0,
     threads: int | None = None,
     force: bool = False,
+    file: str | Path | None = None,
+    pause: float = DEFAULT_PAUSE,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
 ) -> dict[str, Any]:
-    """Speak `text`: a WAV to `out` and/or raw 16-bit PCM chunks to `pcm_sink`, as they decode (`edge speak`).
+    """Speak `text` (or the UTF-8 text `file`, `-` for stdin): a WAV to `out` and/or raw 16-bit PCM chunks to
+    `pcm_sink`, as they decode (`edge speak`).
 
-    `out` may be a file (written whole or not at all), "-" for stdout, or a FIFO or device (written as a
-    stream); an existing file that is not a WAV or lies inside a bundle is replaced only with `force`.
-    `temperature`, `top_k` and `top_p` left out take the voice's recommended sampling (its manifest's
-    ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and timings (`edge speak --json`).
+    A text of any length is spoken sentence by sentence as one stream, `pause` seconds between sentences; a
+    sentence longer than `max_chars` (None: than the prompt holds) is split at clauses, then words.
+    `max_seconds` bounds each chunk. `out` may be a file (written whole or not at all), "-" for stdout, or a
+    FIFO or device (written as a stream); an existing file that is not a WAV or lies inside a bundle is replaced
+    only with `force`. `temperature`, `top_k` and `top_p` left out take the voice's recommended sampling (its
+    manifest's ``sampling``), else `SamplingConfig`'s defaults. Returns the run's facts and timings (`edge speak
+    --json`), with one record per chunk (text, start, frames) and a warning for each chunk that hit its frame
+    limit without ending.
     """
+    if (text is None) == (file is None):
+        raise EdgeError("give the text to speak or a --file to read it from (one of them)")
+    if file is not None:
+        text = read_text(file)
     check_text(text)
     check_threads(threads)
     check_seconds(max_seconds)
@@ -210,7 +225,7 @@ def speak(
     SamplingConfig().override(**flags)  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)
     sampling = voice.sampling.override(**flags)
-    stream = voice.stream(text, speaker, sampling, max_seconds)
+    stream = voice.stream(text, speaker, sampling, max_seconds, pause, max_chars=max_chars)
     sink = WavSink(out, voice.sample_rate, force) if out is not None else None
     samples = 0
     try:
@@ -237,7 +252,71 @@ def speak(
         "frames": stream.stats.frames,
         "sampling": asdict(sampling),
         "stats": stream.stats.to_json(),
+        "chunks": [c.to_json() for c in stream.chunks],
+        "warnings": [f"chunk {c.index + 1} of {len(stream.chunks)} hit its frame limit ({c.frames} frames) without "
+                     f"ending: {c.text!r}" for c in stream.runaways()],
     }
+
+
+def batch(
+    input: str | Path,
+    out: str | Path,
+    bundle: str | Path | None = None,
+    backend: str = "onnx",
+    workers: int = 1,
+    threads: int = 1,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    max_seconds: float = 10.0,
+    pause: float = DEFAULT_PAUSE,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+    fmt: str = "auto",
+    ray: str | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Speak every line of `input` into `out` (`edge batch`): one WAV per item plus ``out/manifest.jsonl``.
+
+    `input`: a text file (one utterance a line) or JSONL (``text``; optional ``id``, ``speaker``, ``seed``);
+    `fmt` forces text or jsonl. Resumable: items already complete in `out` are skipped. `workers` processes (or
+    Ray actors, with `ray` an address, ``auto`` or ``local``), each loading the voice once and running its graphs
+    on `threads` threads: with a fixed seed the WAVs are byte-identical for any `workers` at the same `threads`.
+    Bad lines and texts the voice refuses are skipped and listed in the result's ``errors`` with their line
+    numbers. `on_progress` gets an `edge.runtime.batch.Progress` after each item. With `workers` > 1 the workers
+    are spawned processes, so a script calling this needs the usual ``if __name__ == "__main__":`` guard.
+    """
+    from edge.runtime.batch import MANIFEST, Settings, connect_ray, prepare_out, read_items, run_batch
+
+    out = _path("--out", out)
+    if out.exists() and not out.is_dir():
+        raise EdgeError(f"--out '{out}' is a file; give a directory for the WAVs and manifest.jsonl")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise EdgeError(f"--out '{out}' holds files but no {MANIFEST} of an edge batch; give a new or empty "
+                        "directory (or the --out of the batch to resume)")
+    _positive("--workers", workers)
+    check_threads(threads)
+    check_seconds(max_seconds)
+    if isinstance(pause, bool) or not isinstance(pause, numbers.Real) or not (0 <= pause <= 60):
+        raise EdgeError(f"--pause must be between 0 and 60 seconds, got {pause!r}")
+    if max_chars is not None:
+        _positive("--max-chars", max_chars)
+    SamplingConfig().override(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    path = Path(bundle) if bundle is not None else default_bundle(backend=backend)
+    loaded = load_bundle(path)
+    check_voice(loaded)
+    loaded.require_backend(backend)
+    items, bad = read_items(input, loaded.model["speakers"], seed, fmt)
+    settings = Settings(str(Path(loaded.root).resolve()), backend, threads, temperature, top_k, top_p, max_seconds,
+                        pause, max_chars)
+    bundle_sha = hashlib.sha256((Path(loaded.root) / "manifest.json").read_bytes()).hexdigest()
+    if ray is not None:
+        connect_ray(ray, workers * threads)
+    result = run_batch(items, prepare_out(out), settings, bundle_sha, workers, ray, on_progress)
+    result["bad_lines"] = len(bad)
+    result["errors"] = sorted([{"line": b.line, "id": None, "error": b.message} for b in bad] + result["errors"],
+                              key=lambda e: e["line"])
+    return result
 
 
 def devices() -> list[dict[str, Any]]:

@@ -200,7 +200,13 @@ def inspect(
 
 @app.command()
 def speak(
-    text: Annotated[str, typer.Argument(help="Text to speak; '-' reads it from standard input.")],
+    text: Annotated[str | None, typer.Argument(
+        metavar="TEXT", show_default=False, help="Text to speak, any length; '-' reads it from stdin.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this UTF-8 file ('-': "
+                                              "standard input) instead.")] = None,
+    pause: Annotated[float, typer.Option(help="Seconds of silence between sentences.")] = 0.3,
+    max_chars: Annotated[int, typer.Option(help="Split a longer sentence at clauses (then words) into chunks of "
+                                                "at most this many characters; 0: as long as the prompt holds.")] = 80,
     bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
                                                     f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="WAV file to write ('-': stdout; a FIFO or device "
@@ -220,39 +226,131 @@ def speak(
     top_p: Annotated[float | None, typer.Option(
         help="Nucleus sampling mass; 1 = off. Default: the voice's, else 1.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    max_seconds: Annotated[float, typer.Option(help="Stop after this much audio.")] = 10.0,
+    max_seconds: Annotated[float, typer.Option(help="Stop a sentence (each chunk of a long text) after this "
+                                                    "much audio; one that gets there is reported.")] = 10.0,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per graph, at most this machine's cores (default: all cores; one for ONNX graphs under "
              "8 MB).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out even if it is not a WAV or lies inside a "
                                                         "bundle.")] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print timing and run facts as JSON (to stderr with --stream).")
+        bool, typer.Option("--json", help="Print timing and run facts as JSON, with each chunk's text, start time "
+                           "and frames (to stderr with --stream).")
     ] = False,
 ) -> None:
     """Speak TEXT with a bundle: streaming decode, audio out chunk by chunk as frames decode.
+
+    Any length: a long text (or `--file`) is split at sentences (then clauses, then words) into chunks that
+    fit the voice's prompt, spoken in turn as one stream with `--pause` between sentences.
 
     `--out` replaces an existing WAV whole once the audio is complete (nothing is written if the run
     fails); it never replaces a file that is not a WAV, or one inside a bundle, without `--force`.
     """
     from edge.api import speak as api_speak
 
+    if text is None and file is None:
+        raise EdgeError("no text to speak; give TEXT, '-' for standard input, or --file PATH")
     if out is None and not stream:
         raise EdgeError("nowhere to put the audio; give --out FILE.wav and/or --stream")
     if stream and out is not None and str(out) == "-":
         raise EdgeError("--stream and --out - both write to stdout; choose one")
-    text = _decoded(sys.stdin.buffer.read() if text == "-" else text)
+    if text == "-":
+        text, file = None, Path("-")
+    elif text is not None:
+        text = _decoded(text)
     sink = sys.stdout.buffer if stream else None
     result = api_speak(text, bundle=bundle_dir, out=out, pcm_sink=sink, backend=backend, speaker=speaker,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
-                       threads=threads, force=force)
+                       threads=threads, force=force, file=file, pause=pause, max_chars=max_chars or None)
     to_stdout = stream or (out is not None and str(out) == "-")
     if as_json:
         (err.print_json if to_stdout else _print_json)(json.dumps(result, default=float) if to_stdout else result)
     elif not to_stdout:
         s = result["stats"]
         err.print(f"wrote {out}: {s['audio_seconds']:.2f} s of audio, first audio {1000 * s['first_audio']:.0f} ms, "
-                  f"RTF {s['rtf']:.3f} ({backend})")
+                  f"RTF {s['rtf']:.3f} ({backend})" + (f", {s['chunks']} chunks" if s["chunks"] > 1 else ""))
+
+
+@app.command()
+def batch(
+    input_file: Annotated[Path, typer.Argument(metavar="INPUT", help="Text file (one utterance a line) or JSONL "
+                                               "(text; optional id, speaker, seed); '-' reads standard input.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for one WAV per item and manifest.jsonl "
+                                      "(created; a rerun resumes).")],
+    bundle_dir: Annotated[Path | None, typer.Option("--bundle", "-b", help="Bundle to speak with (default: the "
+                                                    f"{DEFAULT_PRESET} preset, exported on first use).")] = None,
+    backend: Annotated[str, typer.Option(help="onnx, executorch or torch.")] = "onnx",
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Worker processes (or Ray actors), each loading "
+                                         "the voice once.")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads per graph in each worker. WAVs are byte-identical for "
+                                              "any --workers at the same --threads.")] = 1,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Run the workers as actors on a Ray "
+                                            "cluster: its address, 'auto' (the one this machine is in) or 'local' "
+                                            "(start one here). Needs the cluster extra.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature; 0 = greedy. Default: the "
+                                                           "voice's.", show_default=False)] = None,
+    top_k: Annotated[int | None, typer.Option(help="Default: the voice's.", show_default=False)] = None,
+    top_p: Annotated[float | None, typer.Option(help="Default: the voice's.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every item without its own 'seed'.")] = 0,
+    max_seconds: Annotated[float, typer.Option(help="Stop a sentence after this much audio.")] = 10.0,
+    pause: Annotated[float, typer.Option(help="Seconds of silence between an item's sentences.")] = 0.3,
+    max_chars: Annotated[int, typer.Option(help="Split a longer sentence into chunks of at most this many "
+                                                "characters; 0: as long as the prompt holds.")] = 80,
+    fmt: Annotated[str, typer.Option("--format", help="auto (JSONL for .jsonl/.ndjson or lines starting with '{'), "
+                                     "text or jsonl.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (no progress bar).")] = False,
+) -> None:
+    """Speak many texts: one WAV per line of INPUT into --out, with DIR/manifest.jsonl (id, path, seconds,
+    frames, sha256, timings).
+
+    Resumable: a rerun skips items already complete (WAV and manifest row); every file is written atomically,
+    so a killed run loses only the items in flight. A bad line is reported with its line number and skipped;
+    the exit status is 2 when any line was skipped.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from edge.api import batch as api_batch
+
+    columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn(), TextColumn("{task.fields[speed]}"))
+    bar = Progress(*columns, console=err, transient=True, disable=as_json)
+    task = bar.add_task("batch", total=None, speed="")
+
+    def show(p) -> None:
+        if not bar.live.is_started:
+            bar.start()  # at the first item, after the input and the flags have been checked
+        bar.update(task, total=p.total, completed=p.done + p.failed,
+                   speed=f"{p.speed:.2f} audio s/s" + (f", {p.failed} failed" if p.failed else ""))
+
+    try:
+        result = api_batch(input_file, out, bundle=bundle_dir, backend=backend, workers=workers, threads=threads,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_seconds=max_seconds,
+                           pause=pause, max_chars=max_chars or None, fmt=fmt, ray=ray, on_progress=show)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    if as_json:
+        _print_json(result)
+    else:
+        err.print(f"{result['out']}: {result['spoken']} spoken, {result['skipped']} already there, "
+                  f"{len(result['errors'])} skipped as bad; {result['audio_seconds']:.1f} s of audio in "
+                  f"{result['seconds']:.1f} s ({result['speed']:.2f} audio s/s, {workers} worker"
+                  f"{'s' if workers > 1 else ''}{' on Ray' if ray else ''})", highlight=False)
+        if result["runaways"]:
+            err.print(f"  {len(result['runaways'])} items have a chunk that hit its frame limit without ending (their "
+                      "manifest rows list them under 'runaways'), e.g. " + ", ".join(result["runaways"][:5]),
+                      highlight=False, soft_wrap=True)
+        for e in result["errors"]:
+            err.print(f"  line {e['line']}: {e['error']}", highlight=False, soft_wrap=True)
+    if result["errors"]:
+        sys.exit(2)  # the bad lines are input errors; every other item is complete
 
 
 def _decoded(text: str | bytes) -> str:
@@ -260,7 +358,7 @@ def _decoded(text: str | bytes) -> str:
     try:
         return text.decode("utf-8") if isinstance(text, bytes) else text.encode("utf-8").decode("utf-8")
     except UnicodeError:
-        raise EdgeError("text is not valid UTF-8; give UTF-8 text (e.g. convert it with iconv -t UTF-8)") from None
+        raise EdgeError("text is not UTF-8; give UTF-8 text (e.g. convert it with iconv -t UTF-8)") from None
 
 
 @app.command()

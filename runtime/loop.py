@@ -5,11 +5,17 @@ codebooks, `codec_decoder` → PCM chunk yielded at once, `lm_step` to advance t
 Everything the loop needs (capacities, codebooks, end-of-speech rule, sample rate) comes from
 the bundle's manifest; the graphs come through `Session`s, so the loop never knows which
 backend it drives. It times itself as it goes.
+
+A text longer than one prompt is split into chunks (`edge.runtime.text`: sentences, then clauses, then
+words) spoken in turn as one stream: each chunk gets its own prefill, but the codec decoder's state runs on
+from chunk to chunk, so the audio at a seam is what decoding all the codes in one go would give; a short
+pause (ramped in and out, so no step) separates sentences.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import threading
 import time
@@ -23,14 +29,24 @@ from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
 from edge.runtime.codec import FrameDecoder
 from edge.runtime.sampler import Sampler, SamplingConfig
-from edge.runtime.sessions import Hook, hooked, open_sessions
+from edge.runtime.sessions import Hook, Session, hooked, open_sessions
 from edge.runtime.state import State, zero_state
+from edge.runtime.text import Piece, chunk_text
 from edge.runtime.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 10_000
-# An hour per stream: far beyond what a KV cache holds, and small enough that frame arithmetic stays exact.
+MAX_TEXT_CHARS = 2_000_000  # a long book; past it, more likely a wrong file than a text
+DEFAULT_PAUSE = 0.3  # seconds of silence between sentences of a long text
+# Longest chunk, in characters, when the prompt would allow more. Voices trained on short sentences run away
+# (never end) on long ones: the default voice (trained on 4-20 word sentences) on 2,000 words of the GPL-3 ran
+# away on 22 of 163 chunks when only the prompt bounded them (about 1 in 4 of those over 80 characters), on 6 of
+# 227 with this cap (benchmarks/long_text.py, BENCHMARKS.md).
+DEFAULT_MAX_CHARS = 80
+# A slow speaking rate, to size chunks: a chunk's prompt and the frames it will take must fit the KV cache.
+SPEECH_CHARS_PER_SECOND = 12.0
+_RAMP_SECONDS = 0.005  # a pause fades out of the audio before it and into the audio after it
+# An hour per chunk: far beyond what a KV cache holds, and small enough that frame arithmetic stays exact.
 MAX_SECONDS = 3600.0
 
 
@@ -46,7 +62,7 @@ def check_text(text: object) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8, smuggled in by the OS or a decoder
-        raise EdgeError("text is not valid UTF-8 (it holds undecodable bytes); give UTF-8 text") from None
+        raise EdgeError("text is not UTF-8 (it holds undecodable bytes); give UTF-8 text") from None
     return text
 
 
@@ -98,7 +114,8 @@ class Stats:
     lm: float = 0.0  # lm_step calls
     depth: float = 0.0  # depth_step calls
     codec: float = 0.0  # codec_decoder calls
-    stopped_by: str = ""  # "eos", "max_seconds", or "kv_capacity" (the cache was full before either)
+    stopped_by: str = ""  # "eos", else why the first chunk that did not end stopped: "max_seconds" or "kv_capacity"
+    chunks: int = 0  # prompts spoken (a long text has several)
 
     @property
     def rtf(self) -> float:
@@ -118,7 +135,7 @@ class Stats:
         return {**asdict(self), "rtf": self.rtf, "host": self.host, "per_frame_ms": self.per_frame_ms()}
 
 
-# The `Stats` field each graph's call time adds to.
+# The Stats field each graph's call time adds to.
 STATS_FIELD = {"lm_prefill": "prefill", "lm_step": "lm", "depth_step": "depth", "codec_decoder": "codec"}
 
 
@@ -149,12 +166,37 @@ class StatePool:
 
 
 @dataclass
+class TextChunk:
+    """One chunk of a text as spoken: where its audio starts in the stream (after any pause before it), its
+    frames and why it stopped: "eos", or a runaway that never ended by itself, cut at "max_seconds" or at
+    "kv_capacity" (the KV cache was full first)."""
+
+    index: int
+    text: str
+    tokens: int
+    start: float = 0.0  # seconds from the start of the stream
+    frames: int = 0
+    seconds: float = 0.0
+    stopped_by: str = ""
+    pause_after: float = 0.0  # seconds of silence the stream puts after it (between sentences)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class Stream:
-    """An iterator of float32 PCM chunks; `codes` and `stats` fill in as it runs."""
+    """An iterator of float32 PCM chunks; `codes`, `chunks` (one record per text chunk) and `stats` fill in as
+    it runs."""
 
     _chunks: Iterator[np.ndarray]
     stats: Stats
     codes: list[list[int]] = field(default_factory=list)
+    chunks: list[TextChunk] = field(default_factory=list)
+
+    def runaways(self) -> list[TextChunk]:
+        """The chunks that hit their frame limit without ending (their audio may stop mid-word)."""
+        return [c for c in self.chunks if c.stopped_by not in ("", "eos")]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._chunks
@@ -189,7 +231,7 @@ class Voice:
     def load(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> Voice:
         return cls(load_bundle(path), backend, threads)
 
-    def _check(self, text: str, speaker: int, max_seconds: float) -> list[int]:
+    def _check(self, text: str, speaker: int, max_seconds: float, pause: float) -> None:
         check_text(text)
         speakers = self.model["speakers"]
         if isinstance(speaker, bool) or not isinstance(speaker, numbers.Integral) or not (0 <= speaker < speakers):
@@ -199,49 +241,82 @@ class Voice:
         if max_seconds < frame:
             raise EdgeError(f"--max-seconds {max_seconds:g} is shorter than one frame of audio ({frame:g} s); give "
                             f"at least {frame:g}")
-        tokens = self.tokenizer.encode(text, speaker)
-        cap = self.model["prompt_capacity"]
-        if len(tokens) > cap:
-            raise EdgeError(
-                f"text is {len(tokens)} tokens but this bundle's prompt holds at most {cap}; "
-                "shorten the text, split it into sentences, or re-export with a larger --prompt-capacity"
-            )
-        return tokens
+        if isinstance(pause, bool) or not isinstance(pause, numbers.Real) or not (0 <= pause <= 60):
+            raise EdgeError(f"--pause must be between 0 and 60 seconds, got {pause!r}")
+
+    def plan(self, text: str, speaker: int = 0, language: str = "en",
+             max_chars: int | None = DEFAULT_MAX_CHARS) -> list[tuple[Piece, list[int]]]:
+        """The chunks `stream` speaks `text` in, each with its prompt tokens: sentences, else clauses, else
+        words (`edge.runtime.text`), each within the prompt capacity, and short enough that its prompt plus the
+        frames it should take at a slow speaking rate fit the KV cache; and no longer than `max_chars` (None: as
+        long as the prompt allows) unless a single word is longer."""
+        if max_chars is not None and max_chars < 1:
+            raise EdgeError(f"--max-chars must be >= 1, got {max_chars}")
+        m = self.model
+        cap, kv = m["prompt_capacity"], m["kv_capacity"]
+        frames_per_char = m["frame_rate"] / SPEECH_CHARS_PER_SECOND
+        encoded: dict[str, list[int]] = {}
+
+        def tokens(t: str) -> list[int]:
+            if t not in encoded:
+                encoded[t] = self.tokenizer.encode(t, speaker)
+            return encoded[t]
+
+        def fits(t: str) -> bool:
+            n = len(tokens(t))
+            short = max_chars is None or len(t) <= max_chars or " " not in t  # one long word is one chunk
+            return short and n <= cap and n + math.ceil(len(t) * frames_per_char) <= kv
+
+        pieces = chunk_text(text, fits, language)
+        if not pieces:
+            raise EdgeError("text is empty; give the words to speak")
+        return [(p, tokens(p.text)) for p in pieces]
 
     def stream(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
-               max_seconds: float = 10.0) -> Stream:
-        """Validate everything up front, then return a lazy stream of audio chunks.
+               max_seconds: float = 10.0, pause: float = DEFAULT_PAUSE, language: str = "en",
+               max_chars: int | None = DEFAULT_MAX_CHARS) -> Stream:
+        """Validate and chunk everything up front, then return a lazy stream of audio chunks.
 
-        Its clock (`stats.first_audio`, `stats.total`) counts this call's own work (validation, tokenizing)
-        and the loop from the moment the first chunk is asked for, not the time in between.
+        `text` may be any length: it is spoken chunk by chunk (`plan`) as one stream, `pause` seconds of
+        silence between sentences; `max_chars` caps a chunk's length below what the prompt allows. `max_seconds`
+        bounds each chunk; one that reaches it without ending is logged as a warning and listed by
+        `Stream.runaways()`.
+
+        Its clock (`stats.first_audio`, `stats.total`) counts this call's own work (validation, chunking,
+        tokenizing) and the loop from the moment the first chunk is asked for, not the time in between.
         """
         t = time.perf_counter()
-        tokens = self._check(text, speaker, max_seconds)
+        self._check(text, speaker, max_seconds, pause)
+        plan = self.plan(text, speaker, language, max_chars)
         sampler = Sampler(sampling or self.sampling)
-        stats = Stats(backend=self.backend, prompt_tokens=len(tokens))
+        stats = Stats(backend=self.backend, prompt_tokens=sum(len(tokens) for _, tokens in plan), chunks=len(plan))
         stream = Stream(iter(()), stats)
-        stream._chunks = self._run(tokens, sampler, max_seconds, stream, time.perf_counter() - t)
+        stream._chunks = self._run(plan, sampler, max_seconds, pause, stream, time.perf_counter() - t)
         return stream
 
     def synthesize(self, text: str, speaker: int = 0, sampling: SamplingConfig | None = None,
-                   max_seconds: float = 10.0) -> tuple[np.ndarray, Stats]:
-        stream = self.stream(text, speaker, sampling, max_seconds)
+                   max_seconds: float = 10.0, pause: float = DEFAULT_PAUSE,
+                   max_chars: int | None = DEFAULT_MAX_CHARS) -> tuple[np.ndarray, Stats]:
+        stream = self.stream(text, speaker, sampling, max_seconds, pause, max_chars=max_chars)
         chunks = list(stream)
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         return audio, stream.stats
 
-    def _run(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream,
-             prepared: float) -> Iterator[np.ndarray]:
-        states: dict[str, State] = {}  # taken from the pools by `_frames` as it starts each graph
+    def _run(self, plan: list[tuple[Piece, list[int]]], sample: Sampler, max_seconds: float, pause: float,
+             stream: Stream, prepared: float) -> Iterator[np.ndarray]:
+        states: dict[str, State] = {}  # taken from the pools as the stream starts each graph
         try:
-            yield from self._frames(tokens, sample, max_seconds, stream, prepared, states)
+            yield from self._chunks(plan, sample, max_seconds, pause, stream, prepared, states)
         finally:  # also when the caller stops early: the generator is closed
             for g, state in states.items():
                 self._pools[g].give(state)
 
-    def _frames(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream, prepared: float,
-                states: dict[str, State]) -> Iterator[np.ndarray]:
-        m, stats = self.model, stream.stats
+    def _chunks(self, plan: list[tuple[Piece, list[int]]], sample: Sampler, max_seconds: float, pause: float,
+                stream: Stream, prepared: float, states: dict[str, State]) -> Iterator[np.ndarray]:
+        """Speak the chunks in turn through one codec decoder state; between sentences, `pause` seconds that
+        ramp from the last sample down to silence and from silence up to the next chunk's first sample (that
+        last ramp is held back until the next chunk's first audio is out)."""
+        m, stats, sr = self.model, stream.stats, self.sample_rate
 
         def watch(graph: str, feeds: dict[str, np.ndarray], seconds: float) -> None:
             field_name = STATS_FIELD[graph]
@@ -251,24 +326,78 @@ class Voice:
 
         s = hooked(self.sessions, watch)
         start = time.perf_counter() - prepared  # `stream()`'s own work counts too
+        states["depth_step"] = self._pools["depth_step"].take()
+        states["codec_decoder"] = self._pools["codec_decoder"].take()
+        decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"], s["codec_decoder"].run, states["codec_decoder"])
+        pause_samples = round(pause * sr)
+        ramp = min(round(_RAMP_SECONDS * sr), pause_samples // 2)
+        out, last, hold = 0, 0.0, 0  # samples out so far; the last of them; pause samples held back
+
+        for i, (piece, tokens) in enumerate(plan):
+            record = TextChunk(i, piece.text, len(tokens), start=(out + hold) / sr)
+            stream.chunks.append(record)
+            for audio in self._frames(tokens, sample, max_seconds, stream, s, decode, states, record, start):
+                if hold:
+                    audio = np.concatenate([(np.arange(hold, dtype=np.float32) / hold) * audio[0], audio])
+                    stats.audio_seconds += hold / sr
+                    hold = 0
+                out, last = out + audio.size, float(audio[-1])
+                yield audio
+            record.seconds = record.frames * m["samples_per_frame"] / sr
+            if record.stopped_by == "max_seconds":
+                log.warning("chunk %d of %d hit its frame limit (%d frames, %.1f s) without ending, so its audio "
+                            "may stop mid-word: %r; raise --max-seconds or shorten it", i + 1, len(plan),
+                            record.frames, record.seconds, piece.text)
+            elif record.stopped_by == "kv_capacity":
+                log.warning("chunk %d of %d: audio cut at %.2f s without ending: the KV cache holds %d positions and "
+                            "the prompt used %d; re-export with a larger --kv-capacity for longer audio, or lower "
+                            "--max-chars: %r", i + 1, len(plan), record.seconds, m["kv_capacity"], len(tokens),
+                            piece.text)
+            if hold:  # the chunk gave no audio: the held-back part of the pause is plain silence
+                yield self._silence(stats, hold)
+                out, last, hold = out + hold, 0.0, 0
+            if piece.sentence_end and i + 1 < len(plan) and pause_samples and out:
+                body = np.zeros(pause_samples - ramp, np.float32)
+                body[:ramp] = last * (np.arange(ramp, 0, -1, dtype=np.float32) - 1) / max(ramp, 1)
+                stats.audio_seconds += body.size / sr
+                out, last, hold = out + body.size, 0.0, ramp
+                record.pause_after = pause_samples / sr
+                yield body
+        stats.stopped_by = next((c.stopped_by for c in stream.runaways()), "eos")
+        stats.total = time.perf_counter() - start
+        per_frame = ", ".join(f"{k} {v:.1f}" for k, v in stats.per_frame_ms().items())
+        log.info("%s: %d chunks, %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f; per frame (ms): %s",
+                 self.backend, len(plan), stats.frames, stats.audio_seconds, 1000 * stats.first_audio, stats.rtf,
+                 per_frame)
+
+    def _silence(self, stats: Stats, n: int) -> np.ndarray:
+        stats.audio_seconds += n / self.sample_rate
+        return np.zeros(n, np.float32)
+
+    def _frames(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream,
+                s: dict[str, Session], decode: FrameDecoder, states: dict[str, State], record: TextChunk,
+                start: float) -> Iterator[np.ndarray]:
+        """One chunk: prefill its prompt, then frame after frame until end of speech or its frame limit, through
+        this stream's watched sessions `s`."""
+        m, stats = self.model, stream.stats
         k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
         wanted = int(max_seconds * m["frame_rate"])
         max_frames = min(wanted, cap - len(tokens))
-        capped = max_frames < wanted
 
-        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)  # this stream's own
+        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)  # this chunk's own
         padded[0, : len(tokens)] = tokens
-        depth = states["depth_step"] = self._pools["depth_step"].take()
-        states["codec_decoder"] = self._pools["codec_decoder"].take()
+        depth = states["depth_step"]
         out = s["lm_prefill"].run({"tokens": padded, "length": np.array([len(tokens)], np.int64)})
-        kv = states["lm_step"] = self._pools["lm_step"].take({"kv": out["kv"]})  # the cache lm_prefill filled
+        if "lm_step" in states:  # a later chunk: the same state, restarted from this prefill's cache
+            kv = states["lm_step"]
+            kv.reset({"kv": out["kv"]})
+        else:
+            kv = states["lm_step"] = self._pools["lm_step"].take({"kv": out["kv"]})  # the cache lm_prefill filled
         prefilled = time.perf_counter()
         eos = m["end_of_speech"]["eos_token"]
         eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
         pending: list[list[int]] = []
-        stats.stopped_by = "kv_capacity" if capped else "max_seconds"
-
-        decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"], s["codec_decoder"].run, states["codec_decoder"])
+        record.stopped_by = "kv_capacity" if max_frames < wanted else "max_seconds"
 
         for frame in range(max_frames):
             hidden = out["hidden"]
@@ -288,10 +417,12 @@ class Voice:
                 # As transformers' CSM: the stopping frame is audio unless *all* its codes are eos.
                 if any(c != eos for c in codes):
                     stats.frames += 1
+                    record.frames += 1
                     pending.append(codes)
-                stats.stopped_by = "eos"
+                record.stopped_by = "eos"
                 break
             stats.frames += 1
+            record.frames += 1
             pending.append(codes)
             if len(pending) == fpc:
                 chunk = decode(pending)
@@ -304,17 +435,10 @@ class Voice:
                     **kv.feeds(),
                 })
                 kv.update(out)
-        if pending:
+        if pending:  # with frames_per_call > 1, a chunk's last short group is decoded zero-padded
             chunk = decode(pending)
             self._account(stats, chunk, start, prefilled)
             yield chunk
-        stats.total = time.perf_counter() - start
-        if stats.stopped_by == "kv_capacity":
-            log.warning("audio cut at %.2f s: the KV cache holds %d positions and the prompt used %d; re-export "
-                        "with a larger --kv-capacity for longer audio", stats.audio_seconds, cap, len(tokens))
-        per_frame = ", ".join(f"{k} {v:.1f}" for k, v in stats.per_frame_ms().items())
-        log.info("%s: %d frames, %.2f s audio, first audio %.0f ms, RTF %.3f; per frame (ms): %s", self.backend,
-                 stats.frames, stats.audio_seconds, 1000 * stats.first_audio, stats.rtf, per_frame)
 
     def _account(self, stats: Stats, chunk: np.ndarray, start: float, prefilled: float) -> None:
         if stats.audio_seconds == 0:

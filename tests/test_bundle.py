@@ -140,7 +140,7 @@ def test_copy_is_still_valid(bundle, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["inspect", "--bogus"], "No such option: --bogus"),
-    (["speak"], "Missing argument 'text'"),
+    (["speak"], "no text to speak; give TEXT, '-' for standard input, or --file PATH"),
 ])
 def test_cli_usage_errors(args, message):
     """Usage errors are the CLI's usual usage line + error and exit 2, not an internal error."""

@@ -258,7 +258,7 @@ def test_a_voice_shared_between_threads_gives_each_stream_its_own_codes(tiny_bun
 def test_text_that_is_not_utf8(tiny_bundle, tmp_path):
     out = tmp_path / "x.wav"
     r = edge_cli("speak", "-", "-b", str(tiny_bundle), "--out", str(out), stdin=b"caf\xe9 \xff")
-    assert r.returncode == 2 and "not valid UTF-8" in r.stderr.decode() and not out.exists()
+    assert r.returncode == 2 and "not UTF-8" in r.stderr.decode() and not out.exists()
     r = __import__("subprocess").run([sys.executable, "-m", "edge", "speak", b"caf\xe9", "-b", str(tiny_bundle),
                                       "--out", str(out)], capture_output=True, timeout=600)
     assert r.returncode == 2 and "not valid UTF-8" in r.stderr.decode() and not out.exists()
