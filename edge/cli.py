@@ -55,7 +55,11 @@ def _main(
     global _debug
     _debug = debug
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = RichHandler(console=err, show_path=False)
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_path=False)
+    else:  # a log file or a pipe: one plain line per message, as a script reads them
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     if verbose < 2:
         # torch, torchao and executorch log import-time chatter (optional kernels, deprecations) that is
         # not about the user's run, and onnxruntime's quantizer advice goes to the root logger; keep stderr
@@ -65,7 +69,7 @@ def _main(
         logging.getLogger("torch.utils._pytree").addFilter(lambda r: r.levelno >= logging.ERROR)
         warnings.filterwarnings("ignore")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _print_json(data: object) -> None:

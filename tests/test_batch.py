@@ -212,7 +212,7 @@ def test_killed_batch_resumes_with_every_item_once(tiny_bundle, tmp_path):
     (b"", [], "is empty"),
     (b"\x00\x01\x02", [], "is binary"),
     (b'{"id": "a"}\n', [], "has no usable lines"),
-    (b"Hello.\n", ["--workers", "0"], "--workers must be >= 1"),
+    (b"Hello.\n", ["--workers", "0"], "--workers must be a positive integer"),
 ])
 def test_bad_batch_input(tiny_bundle, tmp_path, content, extra, message):
     src = tmp_path / "in.jsonl"

@@ -261,7 +261,7 @@ def test_text_that_is_not_utf8(tiny_bundle, tmp_path):
     assert r.returncode == 2 and "not UTF-8" in r.stderr.decode() and not out.exists()
     r = __import__("subprocess").run([sys.executable, "-m", "edge", "speak", b"caf\xe9", "-b", str(tiny_bundle),
                                       "--out", str(out)], capture_output=True, timeout=600)
-    assert r.returncode == 2 and "not valid UTF-8" in r.stderr.decode() and not out.exists()
+    assert r.returncode == 2 and "not UTF-8" in r.stderr.decode() and not out.exists()
 
 
 def test_extreme_numbers(tiny_bundle, tmp_path):
@@ -388,8 +388,9 @@ def test_usage_errors_are_one_line():
 def test_executorch_says_nothing_unasked(tiny_bundle, tmp_path):
     r = edge_cli("speak", "Hi.", "-b", str(tiny_bundle), "--backend", "executorch", "--out", str(tmp_path / "x.wav"),
                  "--max-seconds", "0.2")
-    lines = r.stderr.decode().splitlines()
-    assert r.returncode == 0 and len(lines) == 1 and lines[0].startswith(f"wrote {tmp_path / 'x.wav'}: "), lines
+    lines = r.stderr.decode().splitlines()  # its 0.2 s stop the sentence, which is worth a warning; nothing else
+    assert r.returncode == 0 and lines[-1].startswith(f"wrote {tmp_path / 'x.wav'}: "), lines
+    assert all(line.startswith("WARNING: chunk 1 of 1 hit its frame limit") for line in lines[:-1]), lines
 
 
 def test_the_api_checks_types(tiny_bundle):
