@@ -20,6 +20,7 @@ from edge.errors import EdgeError
 from edge.quantize.recipes import (
     BACKEND_RECIPES,
     DEFAULT_GROUP_SIZE,
+    NPU_RECIPES,
     check_backend,
     check_group_size,
     parse_recipe,
@@ -84,7 +85,7 @@ def quantize_bundle(
     if Path(out).resolve() == bundle.root.resolve():
         raise EdgeError(f"--out {out} is the bundle being quantized; write the quantized bundle somewhere else")
     calibration: dict[str, list] = {}
-    if "npu-int8" in per_graph.values():
+    if any(r in NPU_RECIPES for r in per_graph.values()):
         from edge.quantize.calibrate import collect
 
         on_step("calibrating: running the fp32 loop to record real graph inputs")

@@ -50,10 +50,52 @@ class OnnxSession:
         opts.log_severity_level = 3
         self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.input_names, self.output_names = _names(spec)
+        self._edge = Boundary(self._sess, spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._sess.run(self.output_names, {n: feeds[n] for n in self.input_names})
-        return dict(zip(self.output_names, outs, strict=True))
+        outs = self._sess.run(self.output_names, self._edge.feeds(feeds, self.input_names))
+        return self._edge.outputs(dict(zip(self.output_names, outs, strict=True)))
+
+
+class Boundary:
+    """Where an NPU graph's file differs from the graph contract at its edge (`edge.quantize.npu`): it carries
+    the contract's int64 tensors as int32 and tensors of more than five axes with their first two merged.
+    Feeds are cast and reshaped (a view) on the way in, outputs back on the way out, so the loop sees the
+    manifest's contract whichever file it runs. A no-op for every other graph."""
+
+    def __init__(self, sess, spec: dict) -> None:
+        shapes = {t["name"]: t["shape"] for t in [*spec["inputs"], *spec["outputs"], *spec["state"]]}
+        shapes |= {state_output(t): t["shape"] for t in spec["state"]}
+
+        def adapt(values) -> dict[str, tuple[bool, tuple[int, ...] | None]]:
+            out = {}
+            for v in values:
+                want = shapes.get(v.name)
+                fold = want is not None and len(want) == len(v.shape) + 1
+                if v.type == "tensor(int32)" or fold:
+                    out[v.name] = (v.type == "tensor(int32)", (want[0], want[1]) if fold else None)
+            return out
+
+        self._in, self._out = adapt(sess.get_inputs()), adapt(sess.get_outputs())
+
+    def feeds(self, feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        if not self._in:
+            return {n: feeds[n] for n in names}
+        out = {}
+        for n in names:
+            a = feeds[n]
+            if n in self._in:
+                int32, fold = self._in[n]
+                a = a.astype(np.int32) if int32 else a
+                a = a.reshape(-1, *a.shape[2:]) if fold else a
+            out[n] = a
+        return out
+
+    def outputs(self, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for n, (int32, fold) in self._out.items():
+            a = outs[n].astype(np.int64) if int32 else outs[n]
+            outs[n] = a.reshape(*fold, *a.shape[1:]) if fold else a
+        return outs
 
 
 class ExecutorchSession:
