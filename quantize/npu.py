@@ -46,7 +46,8 @@ def int64_to_int32(model: onnx.ModelProto) -> list[str]:
     and everything computed from them) is int32; returns the graph inputs and outputs it retyped.
 
     Constant int64 operands of a rewritten node become int32 copies unless they are shape operands
-    (`SHAPE_OPERANDS`), which stay int64 constants. Raises ValueError where an int64 tensor would remain
+    (`SHAPE_OPERANDS`), which stay int64 constants; an index an `ArgMin`/`ArgMax` returns (a codec encoder's
+    codes) is cast to int32 where it is made. Raises ValueError where an int64 tensor would remain
     that is neither (e.g. a shape operand computed at run time): such a graph is not NPU-clean.
     """
     graph = model.graph
@@ -58,7 +59,8 @@ def int64_to_int32(model: onnx.ModelProto) -> list[str]:
             value.type.tensor_type.elem_type = TensorProto.INT32
             int32.add(value.name)
             retyped.append(value.name)
-    if not int32:
+    argmins = [n for n in graph.node if n.op_type in ("ArgMin", "ArgMax")]
+    if not int32 and not argmins:
         return []
     copies: dict[str, str] = {}  # int64 constant -> its int32 copy
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
@@ -78,8 +80,17 @@ def int64_to_int32(model: onnx.ModelProto) -> list[str]:
             copies[name] = new
         return copies[name]
 
+    nodes: list[onnx.NodeProto] = []
     for node in graph.node:
+        nodes.append(node)
         operands = SHAPE_OPERANDS.get(node.op_type, ())
+        if node.op_type in ("ArgMin", "ArgMax"):
+            index = node.output[0]
+            node.output[0] = f"{index}_int64"
+            nodes.append(helper.make_node("Cast", [node.output[0]], [index], to=TensorProto.INT32,
+                                          name=f"{node.name or index}_int32"))
+            int32.add(index)
+            continue
         if node.op_type == "Cast":
             to = next(a for a in node.attribute if a.name == "to")
             if to.i == TensorProto.INT64:
@@ -104,6 +115,8 @@ def int64_to_int32(model: onnx.ModelProto) -> list[str]:
             continue
         for out in node.output:
             int32.add(out)
+    del graph.node[:]
+    graph.node.extend(nodes)
     # Intermediate value_info recorded as int64 would now contradict the graph; let shape inference redo it.
     keep = [v for v in graph.value_info if v.name not in int32]
     del graph.value_info[:]
@@ -119,12 +132,14 @@ def int64_to_int32(model: onnx.ModelProto) -> list[str]:
 
 
 def _check(model: onnx.ModelProto) -> None:
-    """Raise ValueError if any int64 tensor is still computed at run time (constants are fine)."""
+    """Raise ValueError if any int64 tensor is still computed at run time (constants are fine, and so is an
+    `ArgMin`/`ArgMax` index, int64 by definition and cast to int32 where it is made: the HTP's own ArgMin
+    returns int32)."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     consts = {t.name for t in model.graph.initializer}
     types = {v.name: v.type.tensor_type.elem_type for v in
              [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    left = [o for n in model.graph.node if n.op_type != "Constant" for o in n.output
+    left = [o for n in model.graph.node if n.op_type not in ("Constant", "ArgMin", "ArgMax") for o in n.output
             if types.get(o) == TensorProto.INT64 and o not in consts]
     if left:
         raise ValueError(f"int64 tensors left after the int32 rewrite: {', '.join(left[:5])}")

@@ -7,10 +7,9 @@
   default 8-bit MatMulNBits kernel (`INT8_KERNEL`), convolutions stay fp32 (see `_int8`).
 - ``int4``: `MatMulNBits` (group-wise symmetric int4, `accuracy_level=4`: int8 dynamic activations inside
   the kernel) via `onnxruntime.quantization.matmul_nbits_quantizer`; tables become group-wise int4.
-- ``npu-int8``: static QDQ (`quantize_static`), per-channel symmetric int8 weights, per-tensor uint8
-  activations calibrated on real graph inputs, shapes as exported (all fixed).
-- ``npu-a16w8``: static QDQ laid out for Qualcomm's HTP (`get_qnn_qdq_config`): per-tensor uint16 activations,
-  per-channel symmetric int8 weights, calibrated on real graph inputs; the usual accuracy choice on Hexagon.
+- ``npu-int8`` / ``npu-a16w8``: static QDQ laid out for Qualcomm's HTP (`get_qnn_qdq_config`): every operator
+  quantized, per-tensor uint8 / uint16 activations calibrated on real graph inputs, per-channel symmetric int8
+  weights, shapes as exported (all fixed). a16w8 is the usual accuracy choice on Hexagon.
 
 Both npu recipes first retype the graph's int64 tensors as int32 (`edge.quantize.npu`: the HTP has no 64-bit
 integers; the session casts at the graph's boundary), and record which operators stay float.
@@ -349,9 +348,10 @@ def _npu(model: onnx.ModelProto, recipe: str, calibration: list[dict[str, np.nda
     int32 = {v.name for v in model.graph.input if v.type.tensor_type.elem_type == TensorProto.INT32}
     feeds = [{n: (a.astype(np.int32) if n in int32 else a).reshape(-1, *a.shape[2:]) if n in folded else
               a.astype(np.int32) if n in int32 else a for n, a in f.items()} for f in calibration]
-    out = _static_qdq(model, feeds, notes) if recipe == "npu-int8" else _a16w8(model, feeds, notes)
-    if kept := float_ops(out):
-        notes.append("kept float: " + ", ".join(f"{n} {op}" for op, n in sorted(kept.items())))
+    out = _htp_qdq(model, feeds, notes, 16 if recipe == "npu-a16w8" else 8)
+    kept = float_ops(out)
+    notes.append("kept float: " + (", ".join(f"{n} {op}" for op, n in sorted(kept.items())) if kept else
+                                   "nothing (every operator runs quantized)"))
     return out
 
 
@@ -377,30 +377,6 @@ def float_ops(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _static_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
-                notes: list[str]) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    searches = _searches(model)
-    if searches:
-        notes.append(f"kept fp32: {len(searches)} nearest-centroid search MatMul(s) (argmin over distances)")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        save_onnx(model, src)
-        quantize_static(
-            src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Conv", "ConvTranspose", "Gather"],
-            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True, nodes_to_exclude=searches,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )
-        out = onnx.load(str(dst))
-    notes.append(f"static QDQ: {_count(out, 'QuantizeLinear')} QuantizeLinear / {_count(out, 'DequantizeLinear')} "
-                 f"DequantizeLinear, calibrated on {len(calibration)} recorded calls")
-    return out
-
-
 def _own_norm_scales(model: onnx.ModelProto) -> list[str]:
     """Give each LayerNormalization's constant scale an initializer of its own; returns their names."""
     inits = _initializers(model)
@@ -416,9 +392,11 @@ def _own_norm_scales(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def _a16w8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], notes: list[str]) -> onnx.ModelProto:
-    """QDQ for the HTP: uint16 activations, per-channel symmetric int8 weights, every operator quantized
-    (`get_qnn_qdq_config` adds the type conversions the HTP's operators need)."""
+def _htp_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], notes: list[str],
+             bits: int) -> onnx.ModelProto:
+    """QDQ for the HTP: `bits`-bit (8 or 16) unsigned per-tensor activations, per-channel symmetric int8
+    weights, every operator quantized (`get_qnn_qdq_config` adds the type conversions the HTP's operators
+    need)."""
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -431,7 +409,8 @@ def _a16w8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], not
         # with other operators (an exporter dedups equal constants) gets its own copy, so they keep theirs.
         norms = {name: [{"quant_type": QuantType.QUInt8, "symmetric": False}] for name in _own_norm_scales(model)}
         save_onnx(model, src)
-        config = get_qnn_qdq_config(str(src), _Reader(calibration), activation_type=QuantType.QUInt16,
+        activations = QuantType.QUInt16 if bits == 16 else QuantType.QUInt8
+        config = get_qnn_qdq_config(str(src), _Reader(calibration), activation_type=activations,
                                     weight_type=QuantType.QInt8, per_channel=True, weight_symmetric=True,
                                     init_overrides=norms or None, nodes_to_exclude=searches or None)
         config.use_external_data_format = True
@@ -440,6 +419,6 @@ def _a16w8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], not
         config.extra_options["ForceQuantizeNoInputCheck"] = True
         quantize(str(src), str(dst), config)
         out = onnx.load(str(dst))
-    notes.append(f"static QDQ a16w8: {_count(out, 'QuantizeLinear')} QuantizeLinear / "
+    notes.append(f"static QDQ a{bits}w8: {_count(out, 'QuantizeLinear')} QuantizeLinear / "
                  f"{_count(out, 'DequantizeLinear')} DequantizeLinear, calibrated on {len(calibration)} recorded calls")
     return out

@@ -7,8 +7,12 @@ session is importable without torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -98,6 +102,109 @@ class Boundary:
         return outs
 
 
+QNN_EP = "QNNExecutionProvider"
+_qnn_devices: list | None = None
+
+
+def qnn_devices() -> list:
+    """onnxruntime-qnn's plugin execution provider, registered with onnxruntime once per process: its devices
+    (on x86 Linux, the HTP backend prepares the Hexagon graph and runs it in emulation)."""
+    global _qnn_devices
+    if _qnn_devices is None:
+        import onnxruntime as ort
+
+        try:
+            import onnxruntime_qnn
+        except ImportError:
+            raise EdgeError("the qnn backend needs onnxruntime-qnn, which is not installed: "
+                            "pip install 'edge-codec-tts[qnn]'") from None
+        if not any(d.ep_name == QNN_EP for d in ort.get_ep_devices()):
+            ort.register_execution_provider_library(QNN_EP, onnxruntime_qnn.get_library_path())
+        _qnn_devices = [d for d in ort.get_ep_devices() if d.ep_name == QNN_EP]
+        if not _qnn_devices:
+            raise EdgeError("onnxruntime-qnn is installed but offers no device here; reinstall the qnn extra")
+    return _qnn_devices
+
+
+class QnnSession:
+    """A quantized (QDQ) ONNX graph on onnxruntime's QNN execution provider, HTP backend, with CPU fallback
+    disabled: the whole graph runs on the HTP, or the session fails to load with one line naming the nodes the
+    HTP refused. Reads the bundle's onnx files (an npu recipe's; see `edge.quantize.npu`)."""
+
+    def __init__(self, path: str, spec: dict, recipe: str, name: str = "", fallback: bool = False):
+        import onnxruntime as ort
+        import onnxruntime_qnn
+
+        from edge.quantize.recipes import NPU_RECIPES
+
+        name = name or os.path.basename(path)
+        if recipe not in NPU_RECIPES:
+            raise EdgeError(f"graph {name} is {recipe}; the HTP runs quantized QDQ graphs: quantize the bundle "
+                            "with `edge quantize BUNDLE --recipe npu-a16w8 --backend onnx --out NEW` (or npu-int8)")
+        devices = qnn_devices()
+        opts = ort.SessionOptions()
+        if not fallback:
+            opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        opts.log_severity_level = 3  # errors: the HTP's refusals are logged, then read back by `_loading`
+        opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+                                                "offload_graph_io_quantization": "0"})
+        with _loading(name) as log_text:
+            try:
+                self._sess = ort.InferenceSession(path, opts)
+            except Exception as e:  # onnxruntime raises its own types; all mean "this graph does not load"
+                raise EdgeError(_refusal(name, log_text(), str(e))) from None
+        self.input_names, self.output_names = _names(spec)
+        self._edge = Boundary(self._sess, spec)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self._sess.run(self.output_names, self._edge.feeds(feeds, self.input_names))
+        return self._edge.outputs(dict(zip(self.output_names, outs, strict=True)))
+
+
+@contextlib.contextmanager
+def _loading(name: str):
+    """While a QNN session loads, the EP logs what the HTP refused and QNN's libraries print to stdout: both
+    file descriptors go to a temporary file (read back for the error, logged at debug level)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(tmp.fileno(), 1)
+            os.dup2(tmp.fileno(), 2)
+
+            def text() -> str:
+                tmp.flush()
+                tmp.seek(0)
+                return tmp.read().decode(errors="replace")
+
+            yield text
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if log.isEnabledFor(logging.DEBUG):
+                tmp.seek(0)
+                log.debug("qnn %s load log:\n%s", name, tmp.read().decode(errors="replace").strip())
+
+
+_UNSUPPORTED = re.compile(r"\{ name: ([^,]+), type: ([^ }]+) \}")
+_FAILED = re.compile(r"failed for node `([^`]+)` of type `([^`]+)`")
+
+
+def _refusal(name: str, log_text: str, error: str) -> str:
+    """One line: the nodes the HTP refused (from the EP's log), else onnxruntime's own first line."""
+    found = dict.fromkeys(f"{n} ({t})" for n, t in _UNSUPPORTED.findall(log_text) + _FAILED.findall(log_text))
+    if found:
+        listed = ", ".join(list(found)[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        return f"the HTP refused {len(found)} node(s) of graph {name}: {listed}; CPU fallback is disabled"
+    first = error.strip().splitlines()[0] if error.strip() else "unknown error"
+    return f"graph {name} does not load on the HTP: {first}"
+
+
 class ExecutorchSession:
     def __init__(self, path: str, spec: dict, threads: int | None = None):
         import torch
@@ -167,7 +274,7 @@ def graph_threads(bundle: Bundle, graph: str, backend: str, threads: int | None)
 def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
-    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch` or `torch`)."""
+    """Open one session per graph of `bundle` for `backend` (`onnx`, `qnn`, `executorch` or `torch`)."""
     bundle.require_backend(backend)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
     if backend == "torch":
@@ -178,6 +285,9 @@ def open_sessions(
                             "pip install 'edge-codec-tts[export]'") from None
         graphs = reference_graphs(bundle)
         return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads or default_threads()) for n in names}
+    if backend == "qnn":
+        return {n: QnnSession(str(bundle.graph_file(n, backend)), bundle.graphs[n], bundle.graphs[n]["recipe"], n)
+                for n in names}
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
