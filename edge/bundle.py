@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # 2: KV caches are written states (a step returns its new slots, the runtime writes them; `edge.runtime.state`).
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-BACKENDS = ("onnx", "qnn", "executorch", "torch")
+BACKENDS = ("onnx", "qnn", "executorch", "coreml", "torch")
 # Backends that run another backend's files: qnn runs the onnx graphs (an npu recipe's) on the QNN EP.
 FILES_OF = {"qnn": "onnx"}
 

@@ -76,7 +76,8 @@ def export(
     preset: Annotated[str, typer.Argument(help=f"Preset to export: {', '.join(PRESETS)}.")] = DEFAULT_PRESET,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")] = Path("bundle"),
     backend: Annotated[str, typer.Option(help="onnx, executorch, torch (eager reference weights), a comma list, "
-                                              "or all.")] = "onnx",
+                                              "or all (those three); also qnn (with an npu --recipe) and coreml "
+                                              "(ExecuTorch lowered to Core ML).")] = "onnx",
     checkpoint: Annotated[
         Path | None,
         typer.Option(help="Local Hugging Face checkpoint dir (config.json, safetensors, tokenizer.json)."),
@@ -102,6 +103,11 @@ def export(
         if v <= 0:
             raise EdgeError(f"--{k.replace('_', '-')} must be positive, got {v}")
     backends = parse_backends(backend)
+    if "qnn" in backends:
+        from edge.quantize.recipes import NPU_RECIPES, parse_recipe
+
+        if recipe is None or any(r not in NPU_RECIPES for r in parse_recipe(recipe).values()):
+            raise EdgeError("the qnn backend runs graphs quantized for the HTP: add --recipe npu-a16w8 (or npu-int8)")
     with _progress(as_json) as progress:
         task = progress.add_task("export", total=None)
         step = lambda d: progress.update(task, description=d)  # noqa: E731
@@ -242,7 +248,8 @@ def speak(
         typer.Option("--stream", help="Write raw 16-bit mono PCM to stdout as it is decoded "
                      "(pipe it into a player: | aplay -r 24000 -f S16_LE -c 1)."),
     ] = False,
-    backend: Annotated[str, typer.Option(help="onnx, executorch or torch.")] = "onnx",
+    backend: Annotated[str, typer.Option(help="onnx, qnn (an npu-quantized bundle on the Snapdragon HTP), "
+                                              "executorch, coreml (Apple hardware) or torch.")] = "onnx",
     speaker: Annotated[int, typer.Option(help="Speaker id.")] = 0,
     temperature: Annotated[float | None, typer.Option(
         help="Sampling temperature; 0 = greedy. Default: what the voice recommends (edge inspect), else 0.9.",

@@ -275,6 +275,9 @@ def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
     """Open one session per graph of `bundle` for `backend` (`onnx`, `qnn`, `executorch` or `torch`)."""
+    if backend == "coreml" and sys.platform != "darwin":
+        raise EdgeError(f"the coreml backend runs on Apple hardware only (iPhone or iPad with iOS 17+, Mac with "
+                        f"macOS 14+); this is {sys.platform}: speak with --backend onnx or executorch here")
     bundle.require_backend(backend)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
     if backend == "torch":
@@ -288,7 +291,7 @@ def open_sessions(
     if backend == "qnn":
         return {n: QnnSession(str(bundle.graph_file(n, backend)), bundle.graphs[n], bundle.graphs[n]["recipe"], n)
                 for n in names}
-    cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
+    cls = {"onnx": OnnxSession, "executorch": ExecutorchSession, "coreml": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
                 for n in names}
