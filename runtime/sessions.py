@@ -142,16 +142,24 @@ class QnnSession:
             raise EdgeError(f"graph {name} is {recipe}; the HTP runs quantized QDQ graphs: quantize the bundle "
                             "with `edge quantize BUNDLE --recipe npu-a16w8 --backend onnx --out NEW` (or npu-int8)")
         devices = qnn_devices()
-        opts = ort.SessionOptions()
-        if not fallback:
-            opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        opts.log_severity_level = 3  # errors: the HTP's refusals are logged, then read back by `_loading`
-        opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
-                                                "offload_graph_io_quantization": "0"})
-        with _loading(name) as log_text:
-            try:
-                self._sess = ort.InferenceSession(path, opts)
-            except Exception as e:  # onnxruntime raises its own types; all mean "this graph does not load"
+
+        def load(severity: int):
+            opts = ort.SessionOptions()
+            if not fallback:
+                opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            opts.log_severity_level = severity
+            opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+                                                    "offload_graph_io_quantization": "0"})
+            return ort.InferenceSession(path, opts)
+
+        try:
+            with _loading(name):
+                self._sess = load(3)
+        except Exception as e:  # onnxruntime raises its own types; all mean "this graph does not load"
+            # Load again, logging verbosely, to name what the HTP refused (the EP says so only at that level).
+            with _loading(name) as log_text:
+                with contextlib.suppress(Exception):  # it fails again; its log is what we want
+                    load(0)
                 raise EdgeError(_refusal(name, log_text(), str(e))) from None
         self.input_names, self.output_names = _names(spec)
         self._edge = Boundary(self._sess, spec)
@@ -193,11 +201,16 @@ def _loading(name: str):
 
 _UNSUPPORTED = re.compile(r"\{ name: ([^,]+), type: ([^ }]+) \}")
 _FAILED = re.compile(r"failed for node `([^`]+)` of type `([^`]+)`")
+_INVALID = re.compile(r"Operator type: (\S+) Node name: (\S+)")
 
 
 def _refusal(name: str, log_text: str, error: str) -> str:
-    """One line: the nodes the HTP refused (from the EP's log), else onnxruntime's own first line."""
-    found = dict.fromkeys(f"{n} ({t})" for n, t in _UNSUPPORTED.findall(log_text) + _FAILED.findall(log_text))
+    """One line: the nodes the HTP refused (from the EP's verbose log), else onnxruntime's own first line."""
+    refused = _UNSUPPORTED.findall(log_text) + _FAILED.findall(log_text)
+    for block in log_text.split("Validation FAILED")[1:]:
+        refused += [(n, t) for t, n in _INVALID.findall(block.split("\n\n")[0].split(" [V:")[0])]
+    ops = [(n, t) for n, t in refused if t not in ("QuantizeLinear", "DequantizeLinear")] or refused
+    found = dict.fromkeys(f"{n} ({t})" for n, t in ops)
     if found:
         listed = ", ".join(list(found)[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
         return f"the HTP refused {len(found)} node(s) of graph {name}: {listed}; CPU fallback is disabled"
