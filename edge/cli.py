@@ -195,7 +195,8 @@ def _eval_and_print(bundle_dir: Path, against: Path, backend: str, as_json: bool
 def eval_(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Quantized bundle.")],
     against: Annotated[Path, typer.Option(help="The fp32 bundle it came from.")],
-    backend: Annotated[str, typer.Option(help="onnx or executorch.")] = "onnx",
+    backend: Annotated[str, typer.Option(help="onnx, executorch or qnn (the quantized bundle on the HTP, against "
+                                              "the fp32 one's onnx graphs on the CPU).")] = "onnx",
     frames: Annotated[int, typer.Option(help="Frames of greedy audio to compare.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
