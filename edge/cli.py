@@ -210,12 +210,21 @@ def eval_(
 def inspect(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+    qnn: Annotated[bool, typer.Option("--qnn", help="Also load each onnx graph on the QNN HTP (CPU fallback "
+                                                    "allowed) and show what it takes (needs the qnn extra).")] = False,
 ) -> None:
-    """Validate a bundle (schema, version, paths, sha256 of every file) and show its graphs."""
+    """Validate a bundle (schema, version, paths, sha256 of every file) and show its graphs, with what an
+    accelerator backend delegates (coreml: recorded at export; qnn: measured with --qnn)."""
     from edge.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     summary = _summary(bundle)
+    if qnn:
+        from edge.runtime.sessions import qnn_coverage
+
+        bundle.require_backend("qnn")
+        for name, g in summary["graphs"].items():
+            g.setdefault("delegation", {})["qnn"] = qnn_coverage(str(bundle.graph_file(name, "qnn")), name)
     if as_json:
         _print_json(summary)
         return
@@ -236,6 +245,12 @@ def inspect(
         sizes = "\n".join(f"{b}: {n:,}" for b, n in g["bytes"].items())
         table.add_row(name, g["recipe"], sizes, fmt(g["inputs"]), fmt(g["outputs"]), fmt(g["state"]))
     out.print(table)
+    for backend, what in (("coreml", "ops inside Core ML"), ("qnn", "operators on the HTP")):
+        rows = {n: g["delegation"][backend] for n, g in summary["graphs"].items() if backend in g.get("delegation", {})}
+        if rows:
+            out.print(f"{backend} delegation ({what}): " + ", ".join(
+                f"{n} {d.get('delegated_ops', d.get('on_htp'))}/{d.get('total_ops', d.get('ops'))} "
+                f"({100 * d['fraction']:.1f}%)" for n, d in rows.items()))
 
 
 @app.command()

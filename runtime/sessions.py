@@ -199,16 +199,51 @@ def _loading(name: str):
                 log.debug("qnn %s load log:\n%s", name, tmp.read().decode(errors="replace").strip())
 
 
+def qnn_coverage(path: str, name: str = "") -> dict:
+    """What of one onnx graph the HTP takes, loaded with CPU fallback allowed: its operators (Q/DQ excluded),
+    those the QNN EP refused (left to the CPU) and the fraction on the HTP."""
+    import onnx
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    devices = qnn_devices()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 0  # the EP names what it refuses at the verbose level only
+    opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+                                            "offload_graph_io_quantization": "0"})
+    error = ""
+    with _loading(name or os.path.basename(path)) as log_text:
+        try:
+            ort.InferenceSession(path, opts)
+        except Exception as e:  # a graph the HTP cannot finalize: every node counts as refused
+            error = str(e).strip().splitlines()[0]
+        text = log_text()
+    ops = [n for n in onnx.load(path, load_external_data=False).graph.node
+           if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    refused = {n for n, t in _refused(text) if t not in ("QuantizeLinear", "DequantizeLinear")}
+    if error:
+        refused = {n.name for n in ops}
+    on = sum(1 for n in ops if n.name not in refused)
+    return {"ops": len(ops), "on_htp": on, "fraction": on / len(ops) if ops else 1.0,
+            "refused": sorted(refused)[:20], **({"error": error} if error else {})}
+
+
 _UNSUPPORTED = re.compile(r"\{ name: ([^,]+), type: ([^ }]+) \}")
 _FAILED = re.compile(r"failed for node `([^`]+)` of type `([^`]+)`")
 _INVALID = re.compile(r"Operator type: (\S+) Node name: (\S+)")
 
 
-def _refusal(name: str, log_text: str, error: str) -> str:
-    """One line: the nodes the HTP refused (from the EP's verbose log), else onnxruntime's own first line."""
+def _refused(log_text: str) -> list[tuple[str, str]]:
+    """(node, op type) of each node the QNN EP's log says the HTP refused."""
     refused = _UNSUPPORTED.findall(log_text) + _FAILED.findall(log_text)
     for block in log_text.split("Validation FAILED")[1:]:
         refused += [(n, t) for t, n in _INVALID.findall(block.split("\n\n")[0].split(" [V:")[0])]
+    return refused
+
+
+def _refusal(name: str, log_text: str, error: str) -> str:
+    """One line: the nodes the HTP refused (from the EP's verbose log), else onnxruntime's own first line."""
+    refused = _refused(log_text)
     ops = [(n, t) for n, t in refused if t not in ("QuantizeLinear", "DequantizeLinear")] or refused
     found = dict.fromkeys(f"{n} ({t})" for n, t in ops)
     if found:
