@@ -236,3 +236,23 @@ def test_coreml_extra_missing_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "coremltools", None)
     with pytest.raises(EdgeError, match=r"pip install 'edge-codec-tts\[coreml\]'"):
         _coremltools()
+
+
+@needs_qnn
+def test_eval_backend_qnn(tiny_bundle, a16w8):
+    """`edge eval --backend qnn`: the npu-a16w8 bundle on the HTP against the fp32 bundle on the CPU (measured
+    over 40 frames: LM top-1 1.0, depth top-1 0.97, codec SNR 23.4 dB, log-mel 0.17 dB; over 8 frames below)."""
+    from edge.quantize import evaluate
+
+    r = evaluate(a16w8.root, tiny_bundle, "qnn", frames=8)
+    assert r["backend"] == "qnn" and set(r["recipes"].values()) == {"npu-a16w8"}
+    assert r["lm"]["top1_agreement"] >= 0.8, r["lm"]
+    assert r["depth"]["top1_agreement"] >= 0.8, r["depth"]
+    assert r["codec"]["snr_db"] >= 15.0, r["codec"]
+    assert set(r["sizes"]) == set(VOICE_GRAPHS)
+
+
+def test_profile_refuses_npu_backends_in_one_line(a16w8):
+    r = edge_cli("profile", str(a16w8.root), "--backend", "qnn", "--frames", "2")
+    msg = r.stderr.decode().strip()
+    assert r.returncode == 2 and "\n" not in msg and "edge inspect BUNDLE --qnn" in msg, msg
