@@ -41,6 +41,12 @@ def cache_dir() -> Path:
 def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:
     """The cached bundle of a built-in preset for one backend, exported on first use (and again when the
     package's weights for it change: their digest is part of the name)."""
+    if backend == "qnn":
+        raise EdgeError(f"the default voice is not built for the HTP; export one and pass it with --bundle: "
+                        f"edge export {preset} --backend qnn --recipe npu-a16w8 --out voice-htp")
+    if backend == "coreml":
+        raise EdgeError(f"the default voice is not built for Core ML (which runs on Apple hardware only); export one "
+                        f"and pass it with --bundle: edge export {preset} --backend coreml --out voice-coreml")
     digest = get_preset(preset).weights_digest()[:12]
     path = cache_dir() / "-".join(filter(None, (preset, __version__, f"f{FORMAT_VERSION}", digest, backend)))
     if (path / "manifest.json").is_file():
