@@ -157,8 +157,8 @@ def _progress(quiet: bool):
 @app.command()
 def quantize(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="fp32 bundle to quantize.")],
-    recipe: Annotated[str, typer.Option(help="One recipe for every graph (fp32, fp16, int8, int4, npu-int8) or per "
-                                             "graph group: lm=int4,depth=int8,codec=int8.")],
+    recipe: Annotated[str, typer.Option(help="One recipe for every graph (fp32, fp16, int8, int4, npu-int8, "
+                                             "npu-a16w8) or per graph group: lm=int4,depth=int8,codec=int8.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
     group_size: Annotated[int, typer.Option(help="int4 group size along the input dimension.")] = 32,
     backend: Annotated[str | None, typer.Option(help="Keep only this backend's graphs (onnx or executorch); "
@@ -167,6 +167,10 @@ def quantize(
                                                                       "bundle and print it.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
+    qnn_soc: Annotated[list[str] | None, typer.Option(
+        help="With an npu recipe: also precompile each graph's QNN context for this Snapdragon SoC (repeatable; "
+             "SM8550, SM8650, SM8750, SM7550, SC8380XP); `EDGE_QNN_SOC=SM8650 edge speak --backend qnn` loads it."
+    )] = None,
 ) -> None:
     """Quantize each graph of a bundle with its own recipe (codec convs and LM matmuls react differently)."""
     from edge.quantize import quantize_bundle
@@ -175,7 +179,8 @@ def quantize(
     with _progress(as_json) as progress:
         task = progress.add_task("quantize", total=None)
         bundle = quantize_bundle(bundle_dir, recipe, out, group_size, force,
-                                 on_step=lambda d: progress.update(task, description=d), backends=backends)
+                                 on_step=lambda d: progress.update(task, description=d), backends=backends,
+                                 qnn_socs=qnn_soc or ())
     err.print(f"wrote [bold]{bundle.root}[/]: " + ", ".join(f"{n}={g['recipe']}" for n, g in bundle.graphs.items()))
     if evaluate:
         _eval_and_print(bundle.root, bundle_dir, (backend or bundle.backends()[0]), as_json)

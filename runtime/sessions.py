@@ -131,7 +131,8 @@ class QnnSession:
     disabled: the whole graph runs on the HTP, or the session fails to load with one line naming the nodes the
     HTP refused. Reads the bundle's onnx files (an npu recipe's; see `edge.quantize.npu`)."""
 
-    def __init__(self, path: str, spec: dict, recipe: str, name: str = "", fallback: bool = False):
+    def __init__(self, path: str, spec: dict, recipe: str, name: str = "", fallback: bool = False,
+                 context: str | None = None):
         import onnxruntime as ort
         import onnxruntime_qnn
 
@@ -142,6 +143,8 @@ class QnnSession:
             raise EdgeError(f"graph {name} is {recipe}; the HTP runs quantized QDQ graphs: quantize the bundle "
                             "with `edge quantize BUNDLE --recipe npu-a16w8 --backend onnx --out NEW` (or npu-int8)")
         devices = qnn_devices()
+        if context is not None:  # a precompiled EPContext model for this SoC: no Hexagon graph to prepare
+            path = context
 
         def load(severity: int):
             opts = ort.SessionOptions()
@@ -319,6 +322,21 @@ def graph_threads(bundle: Bundle, graph: str, backend: str, threads: int | None)
     return default_threads()
 
 
+def _qnn_contexts(bundle: Bundle, names: Sequence[str]) -> dict[str, str]:
+    """The precompiled QNN context of each graph for the SoC named by EDGE_QNN_SOC (none if unset)."""
+    soc = os.environ.get("EDGE_QNN_SOC", "").strip()
+    if not soc:
+        return {}
+    from edge.quantize.qnn_context import check_soc
+
+    soc = check_soc(soc)
+    missing = [n for n in names if soc not in bundle.graphs[n].get("qnn_context", {})]
+    if missing:
+        raise EdgeError(f"bundle {bundle.root} has no QNN context for {soc} ({', '.join(missing)}); quantize it "
+                        f"with --qnn-soc {soc}, or unset EDGE_QNN_SOC to compile at load")
+    return {n: str(bundle.path(bundle.graphs[n]["qnn_context"][soc][0])) for n in names}
+
+
 def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
@@ -337,8 +355,9 @@ def open_sessions(
         graphs = reference_graphs(bundle)
         return {n: TorchSession(graphs[n].module, bundle.graphs[n], threads or default_threads()) for n in names}
     if backend == "qnn":
-        return {n: QnnSession(str(bundle.graph_file(n, backend)), bundle.graphs[n], bundle.graphs[n]["recipe"], n)
-                for n in names}
+        contexts = _qnn_contexts(bundle, names)
+        return {n: QnnSession(str(bundle.graph_file(n, backend)), bundle.graphs[n], bundle.graphs[n]["recipe"], n,
+                              context=contexts.get(n)) for n in names}
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession, "coreml": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
