@@ -1,15 +1,19 @@
-"""NPU-clean ONNX graphs: no int64 tensor inside or at the edge of a graph meant for an NPU.
+"""NPU-clean ONNX graphs: what Qualcomm's HTP refuses, rewritten before an npu recipe quantizes a graph.
 
-Qualcomm's HTP has no 64-bit integers: it refuses a `Gather`, `Unsqueeze` or `Concat` on int64 positions,
-codes or slot indices (`backendValidateOpConfig`, then "Failed to finalize QNN graph"). The graph contract
-(`edge.export.graph`) stays int64, which the runtime and every other backend speak; an NPU graph's file is
-rewritten here to carry those tensors as int32, and the session casts at its boundary (int64 feeds to int32,
-int32 outputs back to int64, see `edge.runtime.sessions`). Positions, codes and slots are far below 2**31, so
-the cast changes no value: on the CPU the rewritten graph gives bit-identical outputs.
+Found by loading csm-tiny's graphs on the HTP (onnxruntime-qnn, CPU fallback disabled) until all four loaded:
 
-What stays int64 is what the ONNX operator set requires to be int64 and what never reaches the device as a
-tensor: the constant shape operands (`Reshape`'s shape, `Slice`'s starts, a reduction's axes, ...), which
-execution providers read as parameters at load time.
+- int64 tensors (`int64_to_int32`): the HTP has no 64-bit integers; it refuses a `Gather`, `Unsqueeze` or
+  `Concat` on int64 positions, codes or slot indices. The graph contract (`edge.export.graph`) stays int64, which
+  the runtime and every other backend speak; the file carries them as int32 and the session casts at its
+  boundary (`edge.runtime.sessions.Boundary`). Positions, codes and slots are far below 2**31: no value changes.
+  What stays int64 is what the ONNX operator set requires to be and never reaches the device as a tensor: the
+  constant shape operands (`Reshape`'s shape, `Slice`'s starts, a reduction's axes, ...).
+- more than five axes (`fold_rank`): the 6-axis KV cache's first two axes are merged at the boundary (a view).
+- integer `Mod` (`integer_mod`): not compiled by the HTP; rewritten with `Div`, `Mul`, `Sub`, `Add`.
+- `Erf` (`fuse_gelu`): torch's erf GELU becomes one `Gelu`.
+- float32's lowest as an attention-mask fill (`finite_masks`): a quantized tensor spans its whole range.
+
+Each rewrite leaves every output of the fp32 graph as it was (`tests/test_npu.py`).
 """
 
 from __future__ import annotations

@@ -320,7 +320,8 @@ def _searches(model: onnx.ModelProto) -> list[str]:
 
 def _npu(model: onnx.ModelProto, recipe: str, calibration: list[dict[str, np.ndarray]],
          notes: list[str]) -> onnx.ModelProto:
-    """An npu recipe: int64 tensors retyped int32, then static QDQ calibrated on `calibration`."""
+    """An npu recipe: the graph made NPU-clean (`edge.quantize.npu`), then static QDQ for the HTP calibrated on
+    `calibration`; the notes say what changed and what stays float."""
     from edge.quantize.npu import (
         MASK_FILL,
         MAX_RANK,
