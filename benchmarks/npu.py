@@ -28,6 +28,7 @@ import numpy as np
 from edge.bundle import load_bundle
 from edge.export.build import export_bundle
 from edge.quantize import evaluate, quantize_bundle
+from edge.quantize.calibrate import _Recorder
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import open_sessions, qnn_coverage
@@ -35,16 +36,6 @@ from edge.runtime.sessions import open_sessions, qnn_coverage
 TEXT = "The quick brown fox jumps over the lazy dog."
 GRAPHS = ("lm_prefill", "lm_step", "depth_step", "codec_decoder")
 FRAMES = 40
-
-
-class _Recorder:
-    def __init__(self, session, store):
-        self.session, self.store = session, store
-        self.input_names, self.output_names = session.input_names, session.output_names
-
-    def run(self, feeds):
-        self.store.append({n: np.array(feeds[n]) for n in self.input_names})
-        return self.session.run(feeds)
 
 
 def _snr(x: np.ndarray, y: np.ndarray) -> float:

@@ -19,6 +19,7 @@ import pytest
 
 from edge.bundle import load_bundle
 from edge.errors import EdgeError
+from edge.quantize.calibrate import _Recorder
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import OnnxSession, open_sessions
@@ -39,16 +40,6 @@ def _has(module: str) -> bool:
 
 needs_qnn = pytest.mark.skipif(not _has("onnxruntime_qnn"), reason="the qnn extra is not installed")
 needs_coreml = pytest.mark.skipif(not _has("coremltools"), reason="the coreml extra is not installed")
-
-
-class _Recorder:
-    def __init__(self, session, store):
-        self.session, self.store = session, store
-        self.input_names, self.output_names = session.input_names, session.output_names
-
-    def run(self, feeds):
-        self.store.append({n: np.array(feeds[n]) for n in self.input_names})
-        return self.session.run(feeds)
 
 
 def _record(root, frames: int = 40) -> tuple[Voice, dict[str, list[dict[str, np.ndarray]]], list]:
