@@ -9,7 +9,7 @@ DEMO := out/demo
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,qnn,coreml]'
 	touch $@
 
 install: $(BIN)/.installed

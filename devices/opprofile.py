@@ -89,9 +89,13 @@ def _ort_trace(path: Path, feeds: dict[str, np.ndarray], threads: int, calls: in
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             opts.add_session_config_entry("session.disable_prepacking", "1")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
+        # An npu recipe's file takes int32 where the contract says int64, and a >5-axis tensor with its first two
+        # axes merged (`edge.quantize.npu`): the same cast and view the runtime's sessions make.
+        inputs = {i.name: (i.type == "tensor(int32)", len(i.shape)) for i in sess.get_inputs()}
+        fed = {n: feeds[n].astype(np.int32) if int32 else feeds[n] for n, (int32, _) in inputs.items()}
+        fed = {n: a.reshape(-1, *a.shape[2:]) if a.ndim == inputs[n][1] + 1 else a for n, a in fed.items()}
         for _ in range(calls):
-            sess.run(None, {n: feeds[n] for n in names})
+            sess.run(None, fed)
         return json.loads(Path(sess.end_profiling()).read_text())
 
 

@@ -220,6 +220,11 @@ def profile(bundles: list[str | Path], devices: list[Device], backends: list[str
             if b == "torch":
                 raise EdgeError("edge profile measures the deployable backends (onnx, executorch); torch is the "
                                 "eager reference, time it with `edge speak --backend torch --json`")
+            if b in ("qnn", "coreml"):
+                flag = " --qnn" if b == "qnn" else ""
+                raise EdgeError(f"edge profile times CPU backends (onnx, executorch); {b} runs on an NPU this machine "
+                                "has not (qnn here is an emulator, whose speed says nothing about a phone): see what "
+                                f"it delegates with `edge inspect BUNDLE{flag}`")
             bundle.require_backend(b)
         if "onnx" in bundle.backends() and importlib.util.find_spec("onnx") is None:
             raise EdgeError("edge profile counts work on the bundle's ONNX graphs and needs the onnx package: "

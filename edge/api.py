@@ -60,6 +60,12 @@ def _path(flag: str, value: Any) -> Path:
 def default_bundle(preset: str = DEFAULT_PRESET, backend: str = "onnx") -> Path:
     """The cached bundle of a built-in preset for one backend, exported on first use (and again when the
     package's weights for it change: their digest is part of the name, or when the cached copy is broken)."""
+    if backend == "qnn":
+        raise EdgeError(f"the default voice is not built for the HTP; export one and pass it with --bundle: "
+                        f"edge export {preset} --backend qnn --recipe npu-a16w8 --out voice-htp")
+    if backend == "coreml":
+        raise EdgeError(f"the default voice is not built for Core ML (which runs on Apple hardware only); export one "
+                        f"and pass it with --bundle: edge export {preset} --backend coreml --out voice-coreml")
     digest = get_preset(preset).weights_digest()[:12]
     path = cache_dir() / "-".join(filter(None, (preset, __version__, f"f{FORMAT_VERSION}", digest, backend)))
     if path.exists():
@@ -109,6 +115,11 @@ def export(
     options = {k: _positive(f"--{k.replace('_', '-')}", v)
                for k, v in {"prompt_capacity": prompt_capacity, "kv_capacity": kv_capacity}.items() if v is not None}
     chosen = parse_backends(backends if isinstance(backends, str) else ",".join(backends))
+    if "qnn" in chosen:
+        from edge.quantize.recipes import NPU_RECIPES, parse_recipe
+
+        if recipe is None or any(r not in NPU_RECIPES for r in parse_recipe(recipe).values()):
+            raise EdgeError("the qnn backend runs graphs quantized for the HTP: add --recipe npu-a16w8 (or npu-int8)")
     protect = [ckpt] if ckpt is not None else []
     check_dir_out(out, force, protect=protect)  # before the slow export
     if recipe is None:
@@ -134,22 +145,24 @@ def quantize(
     backends: Sequence[str] | None = None,
     force: bool = False,
     on_step: Step | None = None,
+    qnn_socs: Sequence[str] = (),
 ) -> Bundle:
-    """Quantize each graph of `bundle` with its own recipe into a new bundle `out` (`edge quantize`)."""
+    """Quantize each graph of `bundle` with its own recipe into a new bundle `out` (`edge quantize`); with an
+    npu recipe, `qnn_socs` also precompiles each graph's QNN context for those Snapdragon SoCs."""
     from edge.quantize import quantize_bundle
 
     if not isinstance(recipe, str):
         raise EdgeError(f"--recipe must be text such as int8 or lm=int4,depth=int8, got {recipe!r}")
     return quantize_bundle(_path("BUNDLE", bundle), recipe, _path("--out", out), group_size, force,
-                           on_step=on_step or (lambda _: None), backends=backends)
+                           on_step=on_step or (lambda _: None), backends=backends, qnn_socs=qnn_socs)
 
 
 def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict[str, Any]:
     """What quantization cost, `bundle` against the fp32 bundle it came from (`edge eval`)."""
     from edge.quantize import evaluate as _evaluate
 
-    if backend not in ("onnx", "executorch"):
-        raise EdgeError(f"--backend must be onnx or executorch, got {backend!r}")
+    if backend not in ("onnx", "executorch", "qnn"):
+        raise EdgeError(f"--backend must be onnx, executorch or qnn, got {backend!r}")
     return _evaluate(_path("BUNDLE", bundle), _path("--against", against), backend, _positive("--frames", frames))
 
 
@@ -170,16 +183,24 @@ def summary(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def inspect(bundle: str | Path) -> dict[str, Any]:
+def inspect(bundle: str | Path, qnn: bool = False) -> dict[str, Any]:
     """Validate a bundle whole (schema, version, paths, sha256, and that every graph file parses with the
-    inputs and outputs the manifest declares) and summarize it (`edge inspect`)."""
+    inputs and outputs the manifest declares) and summarize it (`edge inspect`). With `qnn`, also load each
+    onnx graph on the QNN HTP (CPU fallback allowed) and record per graph what it takes."""
     from edge.runtime.sessions import check_graph_files
 
     loaded = load_bundle(_path("BUNDLE", bundle))
     if loaded.family == "csm":
         check_voice(loaded)
     check_graph_files(loaded)
-    return summary(loaded)
+    info = summary(loaded)
+    if qnn:
+        from edge.runtime.qnn import qnn_coverage
+
+        loaded.require_backend("qnn")
+        for name, g in info["graphs"].items():
+            g.setdefault("delegation", {})["qnn"] = qnn_coverage(str(loaded.graph_file(name, "qnn")), name)
+    return info
 
 
 def speak(

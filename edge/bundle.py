@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 # 2: KV caches are written states (a step returns its new slots, the runtime writes them; `edge.runtime.state`).
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-BACKENDS = ("onnx", "executorch", "torch")
+BACKENDS = ("onnx", "qnn", "executorch", "coreml", "torch")
+# Backends that run another backend's files: qnn runs the onnx graphs (an npu recipe's) on the QNN EP.
+FILES_OF = {"qnn": "onnx"}
 
 
 def state_output(spec: dict[str, Any]) -> str:
@@ -92,6 +94,8 @@ class Bundle:
         return self.manifest["graphs"]
 
     def backends(self) -> list[str]:
+        """The backends whose files the bundle carries (and torch if it has the reference); qnn runs the onnx
+        files of an npu recipe (see `require_backend`)."""
         found = {b for g in self.graphs.values() for b in g["files"]}
         if "reference" in self.manifest:
             found.add("torch")
@@ -100,21 +104,24 @@ class Bundle:
     def require_backend(self, backend: str) -> None:
         if backend not in BACKENDS:
             raise EdgeError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
-        if backend not in self.backends():
+        files = FILES_OF.get(backend, backend)
+        if files not in self.backends():
+            how = f"--backend {files}" + (" and quantize it with --recipe npu-a16w8" if files != backend else "")
             raise EdgeError(
-                f"bundle {self.root} has no '{backend}' graphs (it was built for: "
-                f"{', '.join(self.backends())}); re-export it with --backend {backend} or pick one of those"
+                f"bundle {self.root} has no '{files}' graphs (it was built for: "
+                f"{', '.join(self.backends())}); re-export it with {how} or pick one of those"
             )
 
     def graph_file(self, graph: str, backend: str) -> Path:
         """Path of the main file of `graph` for `backend` (the first one listed)."""
-        return self.root / self.graphs[graph]["files"][backend][0]
+        return self.root / self.graphs[graph]["files"][FILES_OF.get(backend, backend)][0]
 
     def path(self, rel: str) -> Path:
         return _inside(self.root, rel)
 
     def file_bytes(self, graph: str, backend: str) -> int:
-        return sum(self.manifest["files"][f]["bytes"] for f in self.graphs[graph]["files"][backend])
+        files = self.graphs[graph]["files"][FILES_OF.get(backend, backend)]
+        return sum(self.manifest["files"][f]["bytes"] for f in files)
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:

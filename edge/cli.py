@@ -81,7 +81,8 @@ def export(
     preset: Annotated[str, typer.Argument(help=f"Preset to export: {', '.join(PRESETS)}.")] = DEFAULT_PRESET,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")] = Path("bundle"),
     backend: Annotated[str, typer.Option(help="onnx, executorch, torch (eager reference weights), a comma list, "
-                                              "or all.")] = "onnx",
+                                              "or all (those three); also qnn (with an npu --recipe) and coreml "
+                                              "(ExecuTorch lowered to Core ML).")] = "onnx",
     checkpoint: Annotated[
         Path | None,
         typer.Option(help="Local Hugging Face checkpoint dir (config.json, safetensors, tokenizer.json)."),
@@ -124,8 +125,8 @@ def _progress(quiet: bool):
 @app.command()
 def quantize(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="fp32 bundle to quantize.")],
-    recipe: Annotated[str, typer.Option(help="One recipe for every graph (fp32, fp16, int8, int4, npu-int8) or per "
-                                             "graph group: lm=int4,depth=int8,codec=int8.")],
+    recipe: Annotated[str, typer.Option(help="One recipe for every graph (fp32, fp16, int8, int4, npu-int8, "
+                                             "npu-a16w8) or per graph group: lm=int4,depth=int8,codec=int8.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New bundle directory.")],
     group_size: Annotated[int, typer.Option(help="int4 group size along the input dimension.")] = 32,
     backend: Annotated[str | None, typer.Option(help="Keep only this backend's graphs (onnx or executorch); "
@@ -134,6 +135,10 @@ def quantize(
                                                                       "bundle and print it.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it is an edge bundle (or empty).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
+    qnn_soc: Annotated[list[str] | None, typer.Option(
+        help="With an npu recipe: also precompile each graph's QNN context for this Snapdragon SoC (repeatable; "
+             "SM8550, SM8650, SM8750, SM7550, SC8380XP); `EDGE_QNN_SOC=SM8650 edge speak --backend qnn` loads it."
+    )] = None,
 ) -> None:
     """Quantize each graph of a bundle with its own recipe (codec convs and LM matmuls react differently)."""
     from edge.api import quantize as api_quantize
@@ -142,7 +147,7 @@ def quantize(
     with _progress(as_json) as progress:
         task = progress.add_task("quantize", total=None)
         bundle = api_quantize(bundle_dir, recipe, out, group_size, backends, force,
-                              on_step=lambda d: progress.update(task, description=d))
+                              on_step=lambda d: progress.update(task, description=d), qnn_socs=qnn_soc or ())
     err.print(f"wrote [bold]{bundle.root}[/]: " + ", ".join(f"{n}={g['recipe']}" for n, g in bundle.graphs.items()))
     if evaluate:
         _eval_and_print(bundle.root, bundle_dir, (backend or bundle.backends()[0]), as_json)
@@ -162,7 +167,8 @@ def _eval_and_print(bundle_dir: Path, against: Path, backend: str, as_json: bool
 def eval_(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Quantized bundle.")],
     against: Annotated[Path, typer.Option(help="The fp32 bundle it came from.")],
-    backend: Annotated[str, typer.Option(help="onnx or executorch.")] = "onnx",
+    backend: Annotated[str, typer.Option(help="onnx, executorch or qnn (the quantized bundle on the HTP, against "
+                                              "the fp32 one's onnx graphs on the CPU).")] = "onnx",
     frames: Annotated[int, typer.Option(help="Frames of greedy audio to compare.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
@@ -174,12 +180,15 @@ def eval_(
 def inspect(
     bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+    qnn: Annotated[bool, typer.Option("--qnn", help="Also load each onnx graph on the QNN HTP (CPU fallback "
+                                                    "allowed) and show what it takes (needs the qnn extra).")] = False,
 ) -> None:
     """Validate a bundle (schema, version, paths, sha256 of every file, each graph file's inputs and outputs)
-    and show its graphs."""
+    and show its graphs, with what an accelerator backend delegates (coreml: recorded at export; qnn: measured
+    with --qnn)."""
     from edge.api import inspect as api_inspect
 
-    info = api_inspect(bundle_dir)
+    info = api_inspect(bundle_dir, qnn=qnn)
     if as_json:
         _print_json(info)
         return
@@ -200,6 +209,12 @@ def inspect(
         sizes = "\n".join(f"{b}: {n:,}" for b, n in g["bytes"].items())
         table.add_row(name, g["recipe"], sizes, fmt(g["inputs"]), fmt(g["outputs"]), fmt(g["state"]))
     out.print(table)
+    for backend, what in (("coreml", "ops inside Core ML"), ("qnn", "operators on the HTP")):
+        rows = {n: g["delegation"][backend] for n, g in info["graphs"].items() if backend in g.get("delegation", {})}
+        if rows:
+            out.print(f"{backend} delegation ({what}): " + ", ".join(
+                f"{n} {d.get('delegated_ops', d.get('on_htp'))}/{d.get('total_ops', d.get('ops'))} "
+                f"({100 * d['fraction']:.1f}%)" for n, d in rows.items()))
 
 
 @app.command()
@@ -220,7 +235,8 @@ def speak(
         typer.Option("--stream", help="Write raw 16-bit mono PCM to stdout as it is decoded "
                      "(pipe it into a player: | aplay -r 24000 -f S16_LE -c 1)."),
     ] = False,
-    backend: Annotated[str, typer.Option(help="onnx, executorch or torch.")] = "onnx",
+    backend: Annotated[str, typer.Option(help="onnx, qnn (an npu-quantized bundle on the Snapdragon HTP), "
+                                              "executorch, coreml (Apple hardware) or torch.")] = "onnx",
     speaker: Annotated[int, typer.Option(help="Speaker id.")] = 0,
     temperature: Annotated[float | None, typer.Option(
         help="Sampling temperature; 0 = greedy. Default: what the voice recommends (edge inspect), else 0.9.",

@@ -24,7 +24,9 @@ from edge.presets import get_preset
 
 log = logging.getLogger(__name__)
 
-EXPORT_BACKENDS = ("onnx", "executorch", "torch")
+EXPORT_BACKENDS = ("onnx", "qnn", "executorch", "coreml", "torch")
+# What `--backend all` exports (qnn needs an npu recipe, coreml the coreml extra: both are asked for by name).
+ALL_BACKENDS = ("onnx", "executorch", "torch")
 # An exported fp32 graph that differs from eager by more than this (relative to the output's
 # magnitude) is a broken export, and the bundle is not written.
 PARITY_TOLERANCE = 1e-3
@@ -32,11 +34,12 @@ PARITY_TOLERANCE = 1e-3
 
 def parse_backends(backend: str) -> list[str]:
     if backend == "all":
-        return list(EXPORT_BACKENDS)
+        return list(ALL_BACKENDS)
     names = [b.strip() for b in backend.split(",") if b.strip()]
     bad = [b for b in names if b not in EXPORT_BACKENDS]
     if bad or not names:
-        raise EdgeError(f"unknown backend '{backend}'; choose from {', '.join(EXPORT_BACKENDS)}, a comma list, or all")
+        raise EdgeError(f"unknown backend '{backend}'; choose from {', '.join(EXPORT_BACKENDS)}, a comma list, "
+                        "or all")
     return names
 
 
@@ -99,7 +102,7 @@ def export_bundle(
         manifest_graphs: dict[str, Any] = {}
         for graph in graphs:
             entry = {**graph.to_json(), "recipe": "fp32", "files": {}, "parity_max_abs_err": {}, "export_seconds": {}}
-            for backend in backends:
+            for backend in dict.fromkeys("onnx" if b == "qnn" else b for b in backends):  # qnn runs the onnx files
                 if backend == "torch":
                     continue
                 on_step(f"{graph.name} → {backend}")
@@ -108,6 +111,15 @@ def export_bundle(
                     from edge.export.onnx import export_onnx
 
                     files = export_onnx(graph, writer.path(f"{graph.name}.onnx"))
+                elif backend == "coreml":
+                    from edge.export.coreml import export_coreml
+
+                    files, delegated = export_coreml(graph, writer.path(f"{graph.name}.coreml.pte"))
+                    entry["export_seconds"][backend] = round(time.perf_counter() - t, 2)
+                    entry["files"][backend] = [p.name for p in files]
+                    entry.setdefault("delegation", {})[backend] = delegated
+                    # Core ML runs on Apple hardware only: its parity is checked there (`edge eval`), not here.
+                    continue
                 else:
                     from edge.export.executorch import export_executorch
 
@@ -126,6 +138,10 @@ def export_bundle(
             "export_options": opts,
             "graphs": manifest_graphs,
         }
+        if "coreml" in backends:
+            from edge.export.coreml import coreml_settings
+
+            manifest["coreml"] = coreml_settings()
         sampling = recommended_sampling(checkpoint)
         if sampling:
             manifest["sampling"] = sampling

@@ -21,6 +21,7 @@ from edge.outputs import check_dir_out
 from edge.quantize.recipes import (
     BACKEND_RECIPES,
     DEFAULT_GROUP_SIZE,
+    NPU_RECIPES,
     check_backend,
     check_group_size,
     parse_recipe,
@@ -78,18 +79,27 @@ def quantize_bundle(
     force: bool = False,
     on_step: Callable[[str], None] = lambda _: None,
     backends: Sequence[str] | None = None,
+    qnn_socs: Sequence[str] = (),
 ) -> Bundle:
     """Quantize bundle `src` with `recipe` (see `parse_recipe`) into a new bundle `out`.
 
     `backends` limits which of the bundle's onnx/executorch graphs are kept (default: all it has);
-    int4 groups are `group_size` wide along the input dimension.
+    int4 groups are `group_size` wide along the input dimension. `qnn_socs` names Snapdragon SoCs to precompile
+    each npu graph's QNN context for (`edge.quantize.qnn_context`).
     """
     group_size = check_group_size(group_size)
     bundle = load_bundle(src)
     per_graph, chosen = plan(bundle, recipe, backends)
+    if qnn_socs:
+        from edge.quantize.qnn_context import check_soc
+
+        qnn_socs = [check_soc(s) for s in dict.fromkeys(qnn_socs)]
+        if "onnx" not in chosen or any(r not in NPU_RECIPES for r in per_graph.values()):
+            raise EdgeError("precompiled QNN contexts are for onnx graphs quantized with an npu recipe: use "
+                            "--recipe npu-a16w8 (or npu-int8) for every graph")
     check_dir_out(Path(out), force, protect=[bundle.root])  # before the slow calibration
     calibration: dict[str, list] = {}
-    if "npu-int8" in per_graph.values():
+    if any(r in NPU_RECIPES for r in per_graph.values()):
         from edge.quantize.calibrate import collect
 
         on_step("calibrating: running the fp32 loop to record real graph inputs")
@@ -127,6 +137,12 @@ def quantize_bundle(
                     files = quantize_graph(modules[name], r, group_size, writer.path(f"{name}.pte"), notes[b].append)
                 entry["files"][b] = [p.name for p in files]
                 entry.get("parity_max_abs_err", {}).pop(b, None)
+            for soc in qnn_socs:
+                from edge.quantize.qnn_context import compile_context
+
+                on_step(f"{name} → qnn context for {soc}")
+                ctx = compile_context(writer.path(f"{name}.onnx"), writer.path(f"qnn/{soc}/{name}_ctx.onnx"), soc)
+                entry.setdefault("qnn_context", {})[soc] = [p.relative_to(writer.tmp).as_posix() for p in ctx]
             entry["recipe"] = recipe_label(r, group_size)
             entry["quantization"] = {"group_size": group_size, "notes": notes} if r == "int4" else {"notes": notes}
         on_step("copying unchanged files")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import edge.export  # noqa: F401  (registers the torch backend, which evaluate may run)
-from edge.bundle import Bundle, load_bundle
+from edge.bundle import FILES_OF, Bundle, load_bundle
 from edge.errors import EdgeError
 from edge.runtime.codec import codec_codes, decode_stream
 from edge.runtime.metrics import compare_audio
@@ -130,7 +130,7 @@ def _evaluate_codec(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[s
 
     m = ref.model
     sr = m["sample_rate"]
-    ref_s, q_s = open_sessions(ref, backend), open_sessions(q, backend)
+    ref_s, q_s = open_sessions(ref, FILES_OF.get(backend, backend)), open_sessions(q, backend)
     result: dict[str, Any] = {"backend": backend, "recipes": {name: g["recipe"] for name, g in q.graphs.items()}}
     ms: dict[str, dict[str, float]] = {"fp32": {}, "quantized": {}}
     codes, enc_s = codec_codes(ref, ref_s.get("codec_encoder"), frames)
@@ -152,7 +152,7 @@ def _evaluate_codec(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[s
 def _evaluate_voice(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[str, Any]:
     from edge.runtime.loop import Voice
 
-    ref_voice, q_voice = Voice(ref, backend), Voice(q, backend)
+    ref_voice, q_voice = Voice(ref, FILES_OF.get(backend, backend)), Voice(q, backend)
     ref_codes, ref_ms = _greedy(ref_voice, frames)
     q_codes, q_ms = _greedy(q_voice, frames)
     tokens = ref_voice.tokenizer.encode(TEXT, 0)
@@ -171,7 +171,8 @@ def _evaluate_voice(ref: Bundle, q: Bundle, backend: str, frames: int) -> dict[s
 
 
 def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", frames: int = 20) -> dict[str, Any]:
-    """Measure quantized `bundle` against its fp32 bundle `against`, both run with `backend`."""
+    """Measure quantized `bundle` against its fp32 bundle `against`, both run with `backend` (with qnn, the fp32
+    bundle runs its onnx graphs on the CPU: the HTP runs quantized graphs only)."""
     if frames < 1:
         raise EdgeError(f"--frames must be at least 1, got {frames}")
     q, ref = load_bundle(bundle), load_bundle(against)
@@ -181,6 +182,6 @@ def evaluate(bundle: str | Path, against: str | Path, backend: str = "onnx", fra
         raise EdgeError(f"{ref.root} is itself quantized; compare against the fp32 bundle")
     t = time.perf_counter()
     run = _evaluate_voice if ref.family == "csm" else _evaluate_codec
-    result = {**run(ref, q, backend, frames), "sizes": _sizes(ref, q, backend)}
+    result = {**run(ref, q, backend, frames), "sizes": _sizes(ref, q, FILES_OF.get(backend, backend))}
     log.info("evaluated %s against %s (%s) in %.1f s", q.root, ref.root, backend, time.perf_counter() - t)
     return result

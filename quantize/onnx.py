@@ -7,8 +7,12 @@
   default 8-bit MatMulNBits kernel (`INT8_KERNEL`), convolutions stay fp32 (see `_int8`).
 - ``int4``: `MatMulNBits` (group-wise symmetric int4, `accuracy_level=4`: int8 dynamic activations inside
   the kernel) via `onnxruntime.quantization.matmul_nbits_quantizer`; tables become group-wise int4.
-- ``npu-int8``: static QDQ (`quantize_static`), per-channel symmetric int8 weights, per-tensor uint8
-  activations calibrated on real graph inputs, shapes as exported (all fixed).
+- ``npu-int8`` / ``npu-a16w8``: static QDQ laid out for Qualcomm's HTP (`get_qnn_qdq_config`): every operator
+  quantized, per-tensor uint8 / uint16 activations calibrated on real graph inputs, per-channel symmetric int8
+  weights, shapes as exported (all fixed). a16w8 is the usual accuracy choice on Hexagon.
+
+Both npu recipes first retype the graph's int64 tensors as int32 (`edge.quantize.npu`: the HTP has no 64-bit
+integers; the session casts at the graph's boundary), and record which operators stay float.
 
 Before any recipe, a `Gemm` with a constant transposed weight is rewritten as `MatMul` (+ `Add`), so the
 MatMul quantizers see every linear layer.
@@ -26,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.export.onnx import save_onnx
+from edge.quantize.recipes import NPU_RECIPES
 from edge.quantize.tables import INT8_GROUP, quantize_table
 
 log = logging.getLogger(__name__)
@@ -238,10 +243,10 @@ def quantize_file(src: Path, dst: Path, recipe: str, group_size: int,
     elif recipe == "int8":
         quantize_tables(model, 8, INT8_GROUP, notes)
         model = _int8(model, notes)
-    elif recipe == "npu-int8":
+    elif recipe in NPU_RECIPES:
         if not calibration:
-            raise ValueError("npu-int8 needs calibration feeds")
-        model = _static_qdq(model, calibration, notes)
+            raise ValueError(f"{recipe} needs calibration feeds")
+        model = _npu(model, recipe, calibration, notes)
     elif recipe != "fp32":
         raise ValueError(f"onnx cannot do recipe {recipe}")
     for note in notes:
@@ -313,25 +318,108 @@ def _searches(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def _static_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
-                notes: list[str]) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def _npu(model: onnx.ModelProto, recipe: str, calibration: list[dict[str, np.ndarray]],
+         notes: list[str]) -> onnx.ModelProto:
+    """An npu recipe: the graph made NPU-clean (`edge.quantize.npu`), then static QDQ for the HTP calibrated on
+    `calibration`; the notes say what changed and what stays float."""
+    from edge.quantize.npu import (
+        MASK_FILL,
+        MAX_RANK,
+        finite_masks,
+        fold_rank,
+        fuse_gelu,
+        int64_to_int32,
+        integer_mod,
+    )
+
+    if retyped := int64_to_int32(model):
+        _drop_unused(model)
+        notes.append(f"int32 at the graph boundary (the HTP has no int64): {', '.join(retyped)}")
+    if n := integer_mod(model):
+        notes.append(f"{n} integer Mod rewritten with Div, Mul, Sub (the HTP compiles no integer Mod)")
+    if folded := fold_rank(model):
+        _drop_unused(model)
+        notes.append(f"first two axes merged at the graph boundary (the HTP takes at most {MAX_RANK}): "
+                     f"{', '.join(folded)}")
+    if n := finite_masks(model):
+        notes.append(f"{n} attention mask constant(s): fill below -1e4 set to {MASK_FILL:g} (a finite range)")
+    if n := fuse_gelu(model):
+        _drop_unused(model)
+        notes.append(f"{n} erf GELU fused into Gelu (the HTP has no Erf)")
+    int32 = {v.name for v in model.graph.input if v.type.tensor_type.elem_type == TensorProto.INT32}
+    feeds = [{n: (a.astype(np.int32) if n in int32 else a).reshape(-1, *a.shape[2:]) if n in folded else
+              a.astype(np.int32) if n in int32 else a for n, a in f.items()} for f in calibration]
+    out = _htp_qdq(model, feeds, notes, 16 if recipe == "npu-a16w8" else 8)
+    kept = float_ops(out)
+    notes.append("kept float: " + (", ".join(f"{n} {op}" for op, n in sorted(kept.items())) if kept else
+                                   "nothing (every operator runs quantized)"))
+    return out
+
+
+def float_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Operators of a QDQ model that compute in float: a float input not from a DequantizeLinear (nor a
+    constant). On the HTP these run in fp16; on the CPU EP in fp32. Op type -> count."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    floats = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT} | \
+        {v.name for v in model.graph.input if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats |= {v.name for v in [*inferred.graph.value_info, *inferred.graph.output]
+               if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for name in node.input:
+            src = producer.get(name)
+            if name in floats and name not in inits and (src is None or src.op_type != "DequantizeLinear"):
+                out[node.op_type] = out.get(node.op_type, 0) + 1
+                break
+    return out
+
+
+def _own_norm_scales(model: onnx.ModelProto) -> list[str]:
+    """Give each LayerNormalization's constant scale an initializer of its own; returns their names."""
+    inits = _initializers(model)
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "LayerNormalization" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        name = _unique(model, f"{node.input[1]}_{node.name or 'norm'}")
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[1]]), name))
+        node.input[1] = name
+        names.append(name)
+    _drop_unused(model)
+    return names
+
+
+def _htp_qdq(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], notes: list[str],
+             bits: int) -> onnx.ModelProto:
+    """QDQ for the HTP: `bits`-bit (8 or 16) unsigned per-tensor activations, per-channel symmetric int8
+    weights, every operator quantized (`get_qnn_qdq_config` adds the type conversions the HTP's operators
+    need)."""
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     searches = _searches(model)
     if searches:
-        notes.append(f"kept fp32: {len(searches)} nearest-centroid search MatMul(s) (argmin over distances)")
-
+        notes.append(f"kept float: {len(searches)} nearest-centroid search MatMul(s) (argmin over distances)")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        # The HTP's 16-bit LayerNorm takes its scale as uint8 (it refuses a symmetric int8 one); a scale shared
+        # with other operators (an exporter dedups equal constants) gets its own copy, so they keep theirs.
+        norms = {name: [{"quant_type": QuantType.QUInt8, "symmetric": False}] for name in _own_norm_scales(model)}
         save_onnx(model, src)
-        quantize_static(
-            src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Conv", "ConvTranspose", "Gather"],
-            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True, nodes_to_exclude=searches,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )
+        activations = QuantType.QUInt16 if bits == 16 else QuantType.QUInt8
+        config = get_qnn_qdq_config(str(src), _Reader(calibration), activation_type=activations,
+                                    weight_type=QuantType.QInt8, per_channel=True, weight_symmetric=True,
+                                    init_overrides=norms or None, nodes_to_exclude=searches or None)
+        config.use_external_data_format = True
+        # Data-movement operators (Slice, Gather, Transpose, Reshape) are quantized even when their input is a
+        # float graph input (a KV cache), so no float op reaches the HTP.
+        config.extra_options["ForceQuantizeNoInputCheck"] = True
+        quantize(str(src), str(dst), config)
         out = onnx.load(str(dst))
-    notes.append(f"static QDQ: {_count(out, 'QuantizeLinear')} QuantizeLinear / {_count(out, 'DequantizeLinear')} "
-                 f"DequantizeLinear, calibrated on {len(calibration)} recorded calls")
+    notes.append(f"static QDQ a{bits}w8: {_count(out, 'QuantizeLinear')} QuantizeLinear / "
+                 f"{_count(out, 'DequantizeLinear')} DequantizeLinear, calibrated on {len(calibration)} recorded calls")
     return out

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from edge.errors import EdgeError
 
-RECIPES = ("fp32", "fp16", "int8", "int4", "npu-int8")
-# Which recipes each backend implements (npu-int8 is static QDQ ONNX for NPU execution providers).
+# npu-int8 and npu-a16w8 are static QDQ ONNX for NPU execution providers (8- or 16-bit activations, 8-bit weights),
+# their int64 tensors retyped int32 (`edge.quantize.npu`); the qnn backend runs nothing else.
+NPU_RECIPES = ("npu-int8", "npu-a16w8")
+RECIPES = ("fp32", "fp16", "int8", "int4", *NPU_RECIPES)
+# Which recipes each backend implements.
 BACKEND_RECIPES: dict[str, tuple[str, ...]] = {
-    "onnx": ("fp32", "fp16", "int8", "int4", "npu-int8"),
+    "onnx": ("fp32", "fp16", "int8", "int4", *NPU_RECIPES),
     "executorch": ("fp32", "fp16", "int8", "int4"),
 }
 # Recipe keys that name several graphs at once.
@@ -67,8 +70,8 @@ def check_backend(backend: str, recipe: str) -> None:
     if can is None:
         raise EdgeError(f"backend '{backend}' cannot be quantized; quantize onnx or executorch graphs")
     if recipe not in can:
-        hint = " (npu-int8 is static QDQ for NPU execution providers: quantize the onnx graphs)" \
-            if recipe == "npu-int8" else ""
+        hint = f" ({recipe} is static QDQ for NPU execution providers: quantize the onnx graphs)" \
+            if recipe in NPU_RECIPES else ""
         raise EdgeError(f"the {backend} backend cannot do recipe '{recipe}'{hint}; it can do: {', '.join(can)}")
 
 

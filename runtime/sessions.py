@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edge.bundle import Bundle, io_names
+from edge.bundle import Bundle, io_names, state_output
 from edge.errors import EdgeError
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def check_io(path: str, spec: dict, inputs: Sequence[str] | int, outputs: Sequen
             raise _corrupt(path, f"does not have the {kind} the manifest declares (differing: {', '.join(diff)})")
     for name, want, got in zip(want_in, _shapes(spec)[0], shapes or (), strict=False):
         dims = list(got)
+        if len(dims) == len(want) - 1 and len(want) > 5:  # an NPU graph's edge merges the first two axes
+            want = [want[0] * want[1], *want[2:]]
         if len(dims) != len(want) or any(isinstance(g, int) and g >= 0 and g != w for g, w in zip(dims, want,
                                                                                               strict=True)):
             raise _corrupt(path, f"takes {name} of shape {dims}, not the {want} the manifest declares")
@@ -143,6 +146,47 @@ def _quiet_stderr() -> Iterator[None]:
                 log.debug("native: %s", line)
 
 
+class Boundary:
+    """Where an NPU graph's file differs from the graph contract at its edge (`edge.quantize.npu`): it carries
+    the contract's int64 tensors as int32 and tensors of more than five axes with their first two merged.
+    Feeds are cast and reshaped (a view) on the way in, outputs back on the way out, so the loop sees the
+    manifest's contract whichever file it runs. A no-op for every other graph."""
+
+    def __init__(self, sess, spec: dict) -> None:
+        shapes = {t["name"]: t["shape"] for t in [*spec["inputs"], *spec["outputs"], *spec["state"]]}
+        shapes |= {state_output(t): t["shape"] for t in spec["state"]}
+
+        def adapt(values) -> dict[str, tuple[bool, tuple[int, ...] | None]]:
+            out = {}
+            for v in values:
+                want = shapes.get(v.name)
+                fold = want is not None and len(want) == len(v.shape) + 1
+                if v.type == "tensor(int32)" or fold:
+                    out[v.name] = (v.type == "tensor(int32)", (want[0], want[1]) if fold else None)
+            return out
+
+        self._in, self._out = adapt(sess.get_inputs()), adapt(sess.get_outputs())
+
+    def feeds(self, feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        if not self._in:
+            return {n: feeds[n] for n in names}
+        out = {}
+        for n in names:
+            a = feeds[n]
+            if n in self._in:
+                int32, fold = self._in[n]
+                a = a.astype(np.int32) if int32 else a
+                a = a.reshape(-1, *a.shape[2:]) if fold else a
+            out[n] = a
+        return out
+
+    def outputs(self, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for n, (int32, fold) in self._out.items():
+            a = outs[n].astype(np.int64) if int32 else outs[n]
+            outs[n] = a.reshape(*fold, *a.shape[1:]) if fold else a
+        return outs
+
+
 class OnnxSession:
     def __init__(self, path: str, spec: dict, threads: int | None = None):
         import onnxruntime as ort
@@ -155,10 +199,11 @@ class OnnxSession:
         check_io(path, spec, list(ins), [o.name for o in self._sess.get_outputs()],
                  [ins.get(n, []) for n in io_names(spec)[0]])
         self.input_names, self.output_names = io_names(spec)
+        self._edge = Boundary(self._sess, spec)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._sess.run(self.output_names, {n: feeds[n] for n in self.input_names})
-        return dict(zip(self.output_names, outs, strict=True))
+        outs = self._sess.run(self.output_names, self._edge.feeds(feeds, self.input_names))
+        return self._edge.outputs(dict(zip(self.output_names, outs, strict=True)))
 
 
 class ExecutorchSession:
@@ -242,7 +287,11 @@ def register_backend(backend: str, opener: Opener) -> None:
 def open_sessions(
     bundle: Bundle, backend: str, graphs: Sequence[str] | None = None, threads: int | None = None
 ) -> dict[str, Session]:
-    """Open one session per graph of `bundle` for `backend` (`onnx`, `executorch`, or a registered one: `torch`)."""
+    """Open one session per graph of `bundle` for `backend` (`onnx`, `qnn`, `executorch`, `coreml`, or a
+    registered one: `torch`)."""
+    if backend == "coreml" and sys.platform != "darwin":
+        raise EdgeError(f"the coreml backend runs on Apple hardware only (iPhone or iPad with iOS 17+, Mac with "
+                        f"macOS 14+); this is {sys.platform}: speak with --backend onnx or executorch here")
     bundle.require_backend(backend)
     check_threads(threads)
     names = list(graphs) if graphs is not None else list(bundle.graphs)
@@ -251,7 +300,11 @@ def open_sessions(
     if backend == "torch":
         raise EdgeError("the torch backend runs the model family's own PyTorch modules, which come with edge.export: "
                         "pip install 'edge-codec-tts[export]' and import edge.export (edge.api does)")
-    cls = {"onnx": OnnxSession, "executorch": ExecutorchSession}[backend]
+    if backend == "qnn":
+        from edge.runtime.qnn import qnn_sessions
+
+        return qnn_sessions(bundle, names)
+    cls = {"onnx": OnnxSession, "executorch": ExecutorchSession, "coreml": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
                 for n in names}
