@@ -19,7 +19,6 @@ import pytest
 
 from edge.bundle import load_bundle
 from edge.errors import EdgeError
-from edge.quantize.calibrate import _Recorder
 from edge.runtime.loop import Voice
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import OnnxSession, open_sessions
@@ -46,11 +45,10 @@ def _record(root, frames: int = 40) -> tuple[Voice, dict[str, list[dict[str, np.
     """The CPU (onnx) voice of `root` run greedy for `frames` frames, every graph call's feeds recorded."""
     voice = Voice.load(root, "onnx")
     store = {n: [] for n in voice.sessions}
-    cpu = dict(voice.sessions)
-    voice.sessions = {n: _Recorder(s, store[n]) for n, s in voice.sessions.items()}
+    voice.hooks.append(lambda graph, feeds, _s: store[graph].append({n: np.array(a) for n, a in feeds.items()}))
     stream = voice.stream(TEXT, sampling=GREEDY, max_seconds=frames / voice.model["frame_rate"])
     list(stream)
-    voice.sessions = cpu
+    voice.hooks.clear()
     return voice, store, stream.codes
 
 
