@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # 2: KV caches are written states (a step returns its new slots, the runtime writes them; `edge.runtime.state`).
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# The recipes whose graphs are laid out for an NPU (static QDQ, NPU-clean edges): what the qnn backend runs.
+NPU_RECIPES = ("npu-int8", "npu-a16w8")
 BACKENDS = ("onnx", "qnn", "executorch", "coreml", "torch")
 # Backends that run another backend's files: qnn runs the onnx graphs (an npu recipe's) on the QNN EP.
 FILES_OF = {"qnn": "onnx"}

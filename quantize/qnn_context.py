@@ -10,19 +10,9 @@ import logging
 from pathlib import Path
 
 from edge.errors import EdgeError
+from edge.runtime.qnn import SOCS, check_soc  # noqa: F401  (the SoCs a context is compiled for)
 
 log = logging.getLogger(__name__)
-
-# SoC -> QNN soc_model id (QNN SDK, QnnTypes.h): phones and the Snapdragon X laptop chip.
-SOCS: dict[str, int] = {"SM8550": 43, "SM8650": 57, "SM8750": 69, "SM7550": 64, "SC8380XP": 60}
-
-
-def check_soc(soc: str) -> str:
-    name = soc.upper()
-    if name not in SOCS:
-        raise EdgeError(f"unknown Snapdragon SoC '{soc}'; known: {', '.join(SOCS)}")
-    return name
-
 
 def compile_context(src: Path, ctx: Path, soc: str) -> list[Path]:
     """Compile the QDQ graph `src` for `soc` into the EPContext model `ctx` (+ its `_qnn.bin` beside it)."""

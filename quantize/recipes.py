@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from edge.bundle import NPU_RECIPES
 from edge.errors import EdgeError
 
 # npu-int8 and npu-a16w8 are static QDQ ONNX for NPU execution providers (8- or 16-bit activations, 8-bit weights),
 # their int64 tensors retyped int32 (`edge.quantize.npu`); the qnn backend runs nothing else.
-NPU_RECIPES = ("npu-int8", "npu-a16w8")
 RECIPES = ("fp32", "fp16", "int8", "int4", *NPU_RECIPES)
 # Which recipes each backend implements.
 BACKEND_RECIPES: dict[str, tuple[str, ...]] = {

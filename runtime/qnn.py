@@ -16,11 +16,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.bundle import Bundle, io_names
+from edge.bundle import NPU_RECIPES, Bundle, io_names
 from edge.errors import EdgeError
-from edge.runtime.sessions import Boundary, Session, onnx_options
+from edge.runtime.sessions import Boundary, Session, onnx_options, register_backend
 
 log = logging.getLogger(__name__)
+
+# SoC -> QNN soc_model id (QNN SDK, QnnTypes.h): phones and the Snapdragon X laptop chip.
+SOCS: dict[str, int] = {"SM8550": 43, "SM8650": 57, "SM8750": 69, "SM7550": 64, "SC8380XP": 60}
+
+
+def check_soc(soc: str) -> str:
+    name = soc.upper()
+    if name not in SOCS:
+        raise EdgeError(f"unknown Snapdragon SoC '{soc}'; known: {', '.join(SOCS)}")
+    return name
+
 
 QNN_EP = "QNNExecutionProvider"
 _qnn_devices: list | None = None
@@ -55,8 +66,6 @@ class QnnSession:
                  context: str | None = None):
         import onnxruntime as ort
         import onnxruntime_qnn
-
-        from edge.quantize.recipes import NPU_RECIPES
 
         name = name or os.path.basename(path)
         if recipe not in NPU_RECIPES:
@@ -181,8 +190,6 @@ def _contexts(bundle: Bundle, names: Sequence[str]) -> dict[str, str]:
     soc = os.environ.get("EDGE_QNN_SOC", "").strip()
     if not soc:
         return {}
-    from edge.quantize.qnn_context import check_soc
-
     soc = check_soc(soc)
     missing = [n for n in names if soc not in bundle.graphs[n].get("qnn_context", {})]
     if missing:
@@ -191,8 +198,12 @@ def _contexts(bundle: Bundle, names: Sequence[str]) -> dict[str, str]:
     return {n: str(bundle.path(bundle.graphs[n]["qnn_context"][soc][0])) for n in names}
 
 
-def qnn_sessions(bundle: Bundle, names: Sequence[str]) -> dict[str, Session]:
-    """The named graphs of `bundle` on the HTP (from their precompiled contexts when EDGE_QNN_SOC names one)."""
+def qnn_sessions(bundle: Bundle, names: Sequence[str], threads: int | None = None) -> dict[str, Session]:
+    """The named graphs of `bundle` on the HTP (from their precompiled contexts when EDGE_QNN_SOC names one);
+    the HTP schedules its own work, so `threads` does not apply."""
     contexts = _contexts(bundle, names)
     return {n: QnnSession(str(bundle.graph_file(n, "qnn")), bundle.graphs[n], bundle.graphs[n]["recipe"], n,
                           context=contexts.get(n)) for n in names}
+
+
+register_backend("qnn", qnn_sessions)

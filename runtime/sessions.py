@@ -300,10 +300,6 @@ def open_sessions(
     if backend == "torch":
         raise EdgeError("the torch backend runs the model family's own PyTorch modules, which come with edge.export: "
                         "pip install 'edge-codec-tts[export]' and import edge.export (edge.api does)")
-    if backend == "qnn":
-        from edge.runtime.qnn import qnn_sessions
-
-        return qnn_sessions(bundle, names)
     cls = {"onnx": OnnxSession, "executorch": ExecutorchSession, "coreml": ExecutorchSession}[backend]
     try:
         return {n: cls(str(bundle.graph_file(n, backend)), bundle.graphs[n], graph_threads(bundle, n, backend, threads))
