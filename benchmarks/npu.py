@@ -29,6 +29,7 @@ from edge.bundle import load_bundle
 from edge.export.build import export_bundle
 from edge.quantize import evaluate, quantize_bundle
 from edge.runtime.loop import Voice
+from edge.runtime.metrics import graph_agreement
 from edge.runtime.qnn import qnn_coverage
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import open_sessions
@@ -36,11 +37,6 @@ from edge.runtime.sessions import open_sessions
 TEXT = "The quick brown fox jumps over the lazy dog."
 GRAPHS = ("lm_prefill", "lm_step", "depth_step", "codec_decoder")
 FRAMES = 40
-
-
-def _snr(x: np.ndarray, y: np.ndarray) -> float:
-    noise = float(np.sum((x.astype(np.float64) - y) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(x.astype(np.float64) ** 2)) / noise)
 
 
 def htp_against_cpu(root: Path) -> dict:
@@ -54,19 +50,7 @@ def htp_against_cpu(root: Path) -> dict:
     list(ref)
     bundle = load_bundle(root)
     htp = open_sessions(bundle, "qnn", GRAPHS)
-    graphs = {}
-    for name in GRAPHS:
-        top1, snr = [], []
-        for feeds in store[name]:
-            a, b = cpu_voice.sessions[name].run(feeds), htp[name].run(feeds)
-            key = "logits" if "logits" in a else "audio"
-            x, y = a[key], b[key]
-            if key == "logits":
-                top1.append(np.argmax(x.reshape(-1, x.shape[-1]), -1) == np.argmax(y.reshape(-1, y.shape[-1]), -1))
-            if np.any(x):
-                snr.append(_snr(x, y))
-        graphs[name] = {"calls": len(store[name]), "median_snr_db": float(np.median(snr)),
-                        **({"top1_agreement": float(np.mean(np.concatenate(top1)))} if top1 else {})}
+    graphs = {name: graph_agreement(cpu_voice.sessions[name], htp[name], store[name]) for name in GRAPHS}
     run = Voice(bundle, "qnn").stream(TEXT, sampling=greedy, max_seconds=seconds)
     list(run)
     a, b = np.array(ref.codes), np.array(run.codes)

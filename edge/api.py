@@ -32,7 +32,15 @@ from edge.errors import EdgeError
 from edge.outputs import WavSink, check_audio_out, check_dir_out
 from edge.presets import DEFAULT_PRESET, get_preset
 from edge.runtime.audio import to_pcm16
-from edge.runtime.loop import DEFAULT_MAX_CHARS, DEFAULT_PAUSE, Voice, check_seconds, check_text, check_voice
+from edge.runtime.loop import (
+    DEFAULT_MAX_CHARS,
+    DEFAULT_PAUSE,
+    Voice,
+    check_pause,
+    check_seconds,
+    check_text,
+    check_voice,
+)
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import check_threads
 from edge.runtime.text import read_text
@@ -318,8 +326,7 @@ def batch(
     _positive("--workers", workers)
     check_threads(threads)
     check_seconds(max_seconds)
-    if isinstance(pause, bool) or not isinstance(pause, numbers.Real) or not (0 <= pause <= 60):
-        raise EdgeError(f"--pause must be between 0 and 60 seconds, got {pause!r}")
+    check_pause(pause)
     if max_chars is not None:
         _positive("--max-chars", max_chars)
     SamplingConfig().override(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

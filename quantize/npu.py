@@ -172,11 +172,7 @@ def fold_rank(model: onnx.ModelProto, max_rank: int = MAX_RANK) -> list[str]:
     """
     graph = model.graph
     consts = _constants(model)
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = _links(graph)
     folded, drop = [], set()
     for value in [*graph.input, *graph.output]:
         dims = value.type.tensor_type.shape.dim
@@ -221,6 +217,16 @@ def fold_rank(model: onnx.ModelProto, max_rank: int = MAX_RANK) -> list[str]:
     return folded
 
 
+def _links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """Each tensor's producing node, and the nodes that consume it."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
 def _int64_const(model: onnx.ModelProto, base: str, value: int) -> str:
     taken = {t.name for t in model.graph.initializer}
     name, i = base, 0
@@ -240,11 +246,7 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
     """
     graph = model.graph
     consts = _constants(model)
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = _links(graph)
 
     def const(node: onnx.NodeProto, value: float) -> str | None:
         """The input of binary `node` that is not the scalar constant `value` (None if neither is)."""

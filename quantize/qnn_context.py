@@ -19,7 +19,8 @@ def compile_context(src: Path, ctx: Path, soc: str) -> list[Path]:
     import onnxruntime as ort
     import onnxruntime_qnn
 
-    from edge.runtime.qnn import loading, qnn_devices, refusal
+    from edge.runtime.qnn import qnn_devices, refusal
+    from edge.runtime.sessions import native_output
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -30,7 +31,7 @@ def compile_context(src: Path, ctx: Path, soc: str) -> list[Path]:
     opts.add_provider_for_devices(qnn_devices(), {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
                                                   "soc_model": str(SOCS[soc]), "offload_graph_io_quantization": "0"})
     ctx.parent.mkdir(parents=True, exist_ok=True)
-    with loading(src.stem) as log_text:
+    with native_output(f"qnn {src.stem} context") as log_text:
         try:
             ort.InferenceSession(str(src), opts)
         except Exception as e:  # onnxruntime's own error types

@@ -73,6 +73,12 @@ def check_seconds(max_seconds: object) -> float:
     return float(max_seconds)
 
 
+def check_pause(pause: object) -> float:
+    if isinstance(pause, bool) or not isinstance(pause, numbers.Real) or not (0 <= pause <= 60):
+        raise EdgeError(f"--pause must be between 0 and 60 seconds, got {pause!r}")
+    return float(pause)
+
+
 def check_voice(bundle: Bundle) -> None:
     """The model facts the loop sizes its buffers by must match the graphs' shapes (a manifest edited by hand
     that passes the schema would otherwise fail mid-stream)."""
@@ -241,8 +247,7 @@ class Voice:
         if max_seconds < frame:
             raise EdgeError(f"--max-seconds {max_seconds:g} is shorter than one frame of audio ({frame:g} s); give "
                             f"at least {frame:g}")
-        if isinstance(pause, bool) or not isinstance(pause, numbers.Real) or not (0 <= pause <= 60):
-            raise EdgeError(f"--pause must be between 0 and 60 seconds, got {pause!r}")
+        check_pause(pause)
 
     def plan(self, text: str, speaker: int = 0, language: str = "en",
              max_chars: int | None = DEFAULT_MAX_CHARS) -> list[tuple[Piece, list[int]]]:

@@ -31,9 +31,15 @@ def log_mel(audio: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256, n_mel
     return 10 * np.log10(np.maximum(power @ mel_filters(sr, n_fft, n_mels).T, 1e-10))
 
 
+def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    """Signal-to-noise ratio of `x` against `ref`, in dB (inf when they are equal)."""
+    ref = np.asarray(ref, np.float64)
+    noise = float(np.sum((ref - x) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
+
+
 def compare_audio(a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
-    noise = float(np.sum((a - b) ** 2))
-    snr = float("inf") if noise == 0 else 10 * np.log10(max(float(np.sum(a ** 2)), 1e-30) / noise)
+    snr = snr_db(a, b)
     return {"snr_db": snr, "log_mel_db": float(np.mean(np.abs(log_mel(a, sr) - log_mel(b, sr)))),
             "seconds": a.size / sr}
 
@@ -47,3 +53,22 @@ def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
     envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
     noise = np.random.default_rng(0).standard_normal(t.size)
     return (0.1 * envelope * voiced + 0.01 * noise).astype(np.float32)
+
+
+def graph_agreement(ref, other, calls: list[dict[str, np.ndarray]]) -> dict:
+    """Session `other` against session `ref` of the same graph on the same recorded feeds: the median SNR of its
+    main output (logits, else audio; calls whose reference is all zero, such as a codec's first silent frame,
+    are left out), the top-1 agreement of logits, and whether every output kept the reference's dtype and
+    shape."""
+    top1, snr, same_contract = [], [], True
+    for feeds in calls:
+        a, b = ref.run(feeds), other.run(feeds)
+        key = "logits" if "logits" in a else "audio"
+        x, y = a[key], b[key]
+        if key == "logits":
+            top1.append(np.argmax(x.reshape(-1, x.shape[-1]), -1) == np.argmax(y.reshape(-1, y.shape[-1]), -1))
+        if np.any(x):
+            snr.append(snr_db(x, y))
+        same_contract &= all(b[n].dtype == a[n].dtype and b[n].shape == a[n].shape for n in a)
+    return {"calls": len(calls), "median_snr_db": float(np.median(snr)), "same_contract": same_contract,
+            **({"top1_agreement": float(np.mean(np.concatenate(top1)))} if top1 else {})}

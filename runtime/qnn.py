@@ -10,15 +10,13 @@ import contextlib
 import logging
 import os
 import re
-import sys
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from edge.bundle import NPU_RECIPES, Bundle, io_names
 from edge.errors import EdgeError
-from edge.runtime.sessions import Boundary, Session, onnx_options, register_backend
+from edge.runtime.sessions import Boundary, Session, native_output, onnx_options, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +83,11 @@ class QnnSession:
             return ort.InferenceSession(path, opts)
 
         try:
-            with loading(name):
+            with native_output(f"qnn {name} load"):
                 self._sess = load(3)
         except Exception as e:  # onnxruntime raises its own types; all mean "this graph does not load"
             # Load again, logging verbosely, to name what the HTP refused (the EP says so only at that level).
-            with loading(name) as log_text:
+            with native_output(f"qnn {name} load") as log_text:
                 with contextlib.suppress(Exception):  # it fails again; its log is what we want
                     load(0)
                 raise EdgeError(refusal(name, log_text(), str(e))) from None
@@ -99,36 +97,6 @@ class QnnSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._sess.run(self.output_names, self._edge.feeds(feeds, self.input_names))
         return self._edge.outputs(dict(zip(self.output_names, outs, strict=True)))
-
-
-@contextlib.contextmanager
-def loading(name: str):
-    """While a QNN session loads, the EP logs what the HTP refused and QNN's libraries print to stdout: both
-    file descriptors go to a temporary file (read back for the error, logged at debug level)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(tmp.fileno(), 1)
-            os.dup2(tmp.fileno(), 2)
-
-            def text() -> str:
-                tmp.flush()
-                tmp.seek(0)
-                return tmp.read().decode(errors="replace")
-
-            yield text
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if log.isEnabledFor(logging.DEBUG):
-                tmp.seek(0)
-                log.debug("qnn %s load log:\n%s", name, tmp.read().decode(errors="replace").strip())
 
 
 def qnn_coverage(path: str, name: str = "") -> dict:
@@ -144,7 +112,7 @@ def qnn_coverage(path: str, name: str = "") -> dict:
     opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
                                             "offload_graph_io_quantization": "0"})
     error = ""
-    with loading(name or os.path.basename(path)) as log_text:
+    with native_output(f"qnn {name or os.path.basename(path)} load") as log_text:
         try:
             ort.InferenceSession(path, opts)
         except Exception as e:  # a graph the HTP cannot finalize: every node counts as refused

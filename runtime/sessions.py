@@ -94,15 +94,6 @@ def _corrupt(path: str, what: str) -> EdgeError:
                      "edited by hand: re-export it")
 
 
-def _shapes(spec: dict) -> tuple[list[list[int]], list[list[int]]]:
-    ins = [t["shape"] for t in spec["inputs"]] + [t["shape"] for t in spec["state"]]
-    state_outs = [list(t["shape"]) for t in spec["state"]]
-    for out, t in zip(state_outs, spec["state"], strict=True):
-        if t.get("write"):
-            out[t["write"]["axis"]] = -1  # a written state returns only its new entries
-    return ins, [t["shape"] for t in spec["outputs"]] + state_outs
-
-
 def check_io(path: str, spec: dict, inputs: Sequence[str] | int, outputs: Sequence[str] | int,
              shapes: Sequence[Sequence] | None = None) -> None:
     """The graph file's inputs and outputs (names, or counts where the format has no names; and the input
@@ -116,7 +107,8 @@ def check_io(path: str, spec: dict, inputs: Sequence[str] | int, outputs: Sequen
         elif set(got) != set(want):
             diff = sorted(set(want) ^ set(got))
             raise _corrupt(path, f"does not have the {kind} the manifest declares (differing: {', '.join(diff)})")
-    for name, want, got in zip(want_in, _shapes(spec)[0], shapes or (), strict=False):
+    want_shapes = [t["shape"] for t in [*spec["inputs"], *spec["state"]]]
+    for name, want, got in zip(want_in, want_shapes, shapes or (), strict=False):
         dims = list(got)
         if len(dims) == len(want) - 1 and len(want) > 5:  # an NPU graph's edge merges the first two axes
             want = [want[0] * want[1], *want[2:]]
@@ -126,24 +118,36 @@ def check_io(path: str, spec: dict, inputs: Sequence[str] | int, outputs: Sequen
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Catch what native code prints straight to file descriptor 2 (ExecuTorch's cpuinfo probe) and log it at
-    debug level instead."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to redirect
-        yield
-        return
+def native_output(what: str, fds: Sequence[int] = (1, 2)) -> Iterator[Callable[[], str]]:
+    """Catch what native code writes straight to file descriptors `fds` (ExecuTorch's cpuinfo probe, QNN's
+    libraries and its EP's log) while the block runs: yields a function that reads it back, and logs it at debug
+    level afterwards as `what`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
         try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            saved = [os.dup(fd) for fd in fds]
+        except OSError:  # no such descriptor to redirect
+            yield lambda: ""
+            return
+
+        def text() -> str:
+            sink.flush()
             sink.seek(0)
-            for line in sink.read().decode(errors="replace").splitlines():
-                log.debug("native: %s", line)
+            return sink.read().decode(errors="replace")
+
+        for fd in fds:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield text
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip(fds, saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s, native output:\n%s", what, text().strip())
 
 
 class Boundary:
@@ -215,7 +219,7 @@ class ExecutorchSession:
             torch.set_num_threads(threads)
         self._torch = torch
         try:
-            with _quiet_stderr():
+            with native_output(f"loading {Path(path).name}", fds=(2,)):
                 self._method = Runtime.get().load_program(path).load_method("forward")
         except RuntimeError as e:
             raise _corrupt(path, f"does not load in ExecuTorch ({str(e).splitlines()[0][:200]})") from None

@@ -20,6 +20,7 @@ import pytest
 from edge.bundle import load_bundle
 from edge.errors import EdgeError
 from edge.runtime.loop import Voice
+from edge.runtime.metrics import graph_agreement
 from edge.runtime.sampler import SamplingConfig
 from edge.runtime.sessions import OnnxSession, open_sessions
 from tests.helpers import edge_cli
@@ -121,20 +122,11 @@ def test_qnn_runs_every_graph_on_the_htp_and_agrees_with_the_cpu(a16w8):
     voice, store, codes = _record(a16w8.root)
     htp = open_sessions(a16w8, "qnn", VOICE_GRAPHS)
     for name in VOICE_GRAPHS:
-        top1, snr = [], []
-        for feeds in store[name]:
-            cpu, npu = voice.sessions[name].run(feeds), htp[name].run(feeds)
-            key = "logits" if "logits" in cpu else "audio"
-            x, y = cpu[key], npu[key]
-            if key == "logits":
-                top1.append(np.argmax(x.reshape(-1, x.shape[-1]), -1) == np.argmax(y.reshape(-1, y.shape[-1]), -1))
-            if np.any(x):  # the codec's first call decodes silence
-                snr.append(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / max(np.sum((x - y) ** 2.0), 1e-30)))
-            for out in cpu:  # the boundary gives the contract back: same dtypes and shapes as the CPU
-                assert npu[out].dtype == cpu[out].dtype and npu[out].shape == cpu[out].shape, (name, out)
-        assert np.median(snr) >= 25.0, (name, np.median(snr))
-        if top1:
-            assert np.mean(np.concatenate(top1)) >= 0.9, name
+        agreement = graph_agreement(voice.sessions[name], htp[name], store[name])
+        # the boundary gives the contract back: same dtypes and shapes as the CPU
+        assert agreement["same_contract"], name
+        assert agreement["median_snr_db"] >= 25.0, (name, agreement)
+        assert agreement.get("top1_agreement", 1.0) >= 0.9, (name, agreement)
     free = Voice(a16w8, "qnn").stream(TEXT, sampling=GREEDY, max_seconds=40 / voice.model["frame_rate"])
     list(free)
     assert len(free.codes) == len(codes) == 40
