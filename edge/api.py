@@ -249,7 +249,8 @@ def speak(
     check_threads(threads)
     check_seconds(max_seconds)
     if out is not None:
-        check_audio_out(_path("--out", out), force)  # before any export
+        inputs = [Path(p) for p in (bundle, file) if p is not None and str(p) != "-"]
+        check_audio_out(_path("--out", out), force, protect=inputs)  # before any export
     flags = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     SamplingConfig().override(**flags)  # a bad flag fails before any export
     voice = Voice.load(bundle if bundle is not None else default_bundle(backend=backend), backend, threads)

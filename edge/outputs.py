@@ -5,7 +5,8 @@
   empty directory, never a file, a stranger's directory, or one that holds or is inside an input.
 - An audio output (``speak --out``) goes to a regular file through a hidden sibling renamed over it when
   complete; a FIFO, a character device or ``-`` (stdout) is written as a stream instead, never replaced. An
-  existing file that is not a WAV, or that lies inside a bundle, is replaced only with ``--force``.
+  existing file that is not a WAV, or that lies inside a bundle, is replaced only with ``--force``; one that is or
+  lies inside an input of the run (the bundle spoken with, the text file read), never.
 - What edge writes gets the modes the umask allows, as any other program's files do.
 - A run killed before its rename (SIGKILL, power loss) leaves its ``.partial`` sibling behind; the next run
   that writes to the same place removes it. A run killed between the two renames that replace a directory
@@ -183,9 +184,10 @@ def is_wav(path: Path) -> bool:
     return len(head) == 12 and head[:4] == b"RIFF" and head[8:] == b"WAVE"
 
 
-def check_audio_out(out: str | Path, force: bool = False) -> Path | None:
+def check_audio_out(out: str | Path, force: bool = False, protect: Sequence[Path] = ()) -> Path | None:
     """Refuse, before any work, an audio output edge may not write; return the file to write (its symlink
-    resolved), or None for a stream (stdout, a FIFO, a device)."""
+    resolved), or None for a stream (stdout, a FIFO, a device). A file that is, or lies inside, one of `protect`
+    (the bundle spoken with, the text file read) is refused whatever `force` says."""
     if str(out) == STDOUT:
         return None
     path = Path(out)
@@ -211,6 +213,10 @@ def check_audio_out(out: str | Path, force: bool = False) -> Path | None:
             if not is_wav(target):
                 raise EdgeError(f"output '{out}' exists and is not a WAV file; choose another --out, or pass --force "
                                 "to replace it")
+    for p in protect:
+        if target == Path(p).resolve() or target.is_relative_to(Path(p).resolve()):
+            raise EdgeError(f"output '{out}' is, or lies inside, the input '{p}'; writing there would destroy the "
+                            "input: choose another --out")
     parent = target.parent
     if not parent.is_dir():
         raise EdgeError(f"output directory '{path.parent}' does not exist; create it or choose another --out")

@@ -140,6 +140,19 @@ def test_speak_never_overwrites_a_bundle_file_or_a_non_wav(tiny_bundle, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "voice"]  # no temporary left
 
 
+def test_speak_never_overwrites_its_inputs_even_with_force(tiny_bundle, tmp_path):
+    bundle = tmp_path / "voice"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = (bundle / "manifest.json").read_bytes()
+    code, err, _ = run_cli("speak", "Hi.", "-b", str(bundle), "--out", str(bundle / "manifest.json"), "--force")
+    assert code == 2 and one_line(err) and "the input" in err
+    assert (bundle / "manifest.json").read_bytes() == manifest
+    text = tmp_path / "words.txt"
+    text.write_text("Hello there.")
+    code, err, _ = run_cli("speak", "--file", str(text), "-b", str(bundle), "--out", str(text), "--force")
+    assert code == 2 and one_line(err) and "the input" in err and text.read_text() == "Hello there."
+
+
 def test_speak_streams_into_a_fifo_and_keeps_a_symlink(tiny_bundle, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
