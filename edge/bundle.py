@@ -32,7 +32,7 @@ from edge.outputs import check_dir_out, commit_dir, staging
 log = logging.getLogger(__name__)
 
 # 2: KV caches are written states (a step returns its new slots, the runtime writes them; `edge.runtime.state`).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 # The recipes whose graphs are laid out for an NPU (static QDQ, NPU-clean edges): what the qnn backend runs.
 NPU_RECIPES = ("npu-int8", "npu-a16w8")

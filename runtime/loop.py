@@ -28,6 +28,7 @@ import numpy as np
 from edge.bundle import Bundle, load_bundle
 from edge.errors import EdgeError
 from edge.runtime.codec import FrameDecoder
+from edge.runtime.frames import frames_for
 from edge.runtime.sampler import Sampler, SamplingConfig
 from edge.runtime.sessions import Hook, Session, hooked, open_sessions
 from edge.runtime.state import State, zero_state
@@ -80,28 +81,9 @@ def check_pause(pause: object) -> float:
 
 
 def check_voice(bundle: Bundle) -> None:
-    """The model facts the loop sizes its buffers by must match the graphs' shapes (a manifest edited by hand
-    that passes the schema would otherwise fail mid-stream)."""
-    if bundle.family != "csm":
-        raise EdgeError(f"bundle {bundle.root} is a '{bundle.family}' codec bundle, not a voice; "
-                        "export a TTS preset such as csm-tiny to speak")
-    m, g = bundle.model, bundle.graphs
-    tensors = {(name, t["name"]): t["shape"] for name, spec in g.items()
-               for t in spec["inputs"] + spec["outputs"] + spec["state"]}
-    expected = {
-        ("lm_prefill", "tokens"): [1, m["prompt_capacity"]],
-        ("lm_step", "codes"): [1, m["num_codebooks"]],
-        ("codec_decoder", "codes"): [1, m["num_codebooks"], m["frames_per_call"]],
-        ("codec_decoder", "audio"): [1, 1, m["frames_per_call"] * m["samples_per_frame"]],
-    }
-    for (name, tensor), shape in expected.items():
-        if tensors.get((name, tensor)) != shape:
-            raise EdgeError(f"bundle {bundle.root}: {name}'s {tensor} is {tensors.get((name, tensor))}, but the model "
-                            f"section implies {shape}; the manifest was edited or is corrupt: re-export the bundle")
-    kv = next((t for t in g["lm_step"]["state"] if t.get("write")), None)
-    if kv is None or kv["shape"][kv["write"]["axis"]] != m["kv_capacity"] or m["kv_capacity"] <= m["prompt_capacity"]:
-        raise EdgeError(f"bundle {bundle.root}: kv_capacity {m['kv_capacity']} does not match lm_step's cache (or "
-                        "does not exceed prompt_capacity); the manifest was edited or is corrupt: re-export the bundle")
+    """A bundle the loop can speak with: it declares a loop shape this edge runs, whose model facts match the
+    graphs' shapes."""
+    frames_for(bundle)
 
 
 @dataclass
@@ -139,10 +121,6 @@ class Stats:
 
     def to_json(self) -> dict:
         return {**asdict(self), "rtf": self.rtf, "host": self.host, "per_frame_ms": self.per_frame_ms()}
-
-
-# The Stats field each graph's call time adds to.
-STATS_FIELD = {"lm_prefill": "prefill", "lm_step": "lm", "depth_step": "depth", "codec_decoder": "codec"}
 
 
 class StatePool:
@@ -220,18 +198,17 @@ class Voice:
     """
 
     def __init__(self, bundle: Bundle, backend: str = "onnx", threads: int | None = None):
-        check_voice(bundle)
+        self.frames = frames_for(bundle)  # the loop shape: what one frame is
         self.bundle, self.backend = bundle, backend
         self.model = bundle.model
         self.sample_rate: int = self.model["sample_rate"]
         self.tokenizer = load_tokenizer(bundle)
         # What stream() samples with when not told: the voice's recommendation, else SamplingConfig's defaults.
         self.sampling = SamplingConfig(**bundle.manifest.get("sampling", {})).validate()
-        self.sessions = open_sessions(bundle, backend, ["lm_prefill", "lm_step", "depth_step", "codec_decoder"],
-                                      threads)
+        self.sessions = open_sessions(bundle, backend, list(self.frames.graphs), threads)
         self.hooks: list[Hook] = []
         # States are allocated once per voice and reused stream after stream, each stream holding its own.
-        self._pools = {g: StatePool(bundle.graphs[g]) for g in ("lm_step", "depth_step", "codec_decoder")}
+        self._pools = {g: StatePool(bundle.graphs[g]) for g in (*self.frames.stateful, "codec_decoder")}
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> Voice:
@@ -323,16 +300,19 @@ class Voice:
         last ramp is held back until the next chunk's first audio is out)."""
         m, stats, sr = self.model, stream.stats, self.sample_rate
 
+        ended: dict[str, float] = {}  # when each Stats field's last call ended
+
         def watch(graph: str, feeds: dict[str, np.ndarray], seconds: float) -> None:
-            field_name = STATS_FIELD[graph]
+            field_name = self.frames.stats[graph]
+            ended[field_name] = time.perf_counter()
             setattr(stats, field_name, getattr(stats, field_name) + seconds)
             for hook in self.hooks:
                 hook(graph, feeds, seconds)
 
         s = hooked(self.sessions, watch)
         start = time.perf_counter() - prepared  # `stream()`'s own work counts too
-        states["depth_step"] = self._pools["depth_step"].take()
-        states["codec_decoder"] = self._pools["codec_decoder"].take()
+        for g in self._pools:
+            states[g] = self._pools[g].take()
         decode = FrameDecoder(m, self.bundle.graphs["codec_decoder"], s["codec_decoder"].run, states["codec_decoder"])
         pause_samples = round(pause * sr)
         ramp = min(round(_RAMP_SECONDS * sr), pause_samples // 2)
@@ -341,7 +321,8 @@ class Voice:
         for i, (piece, tokens) in enumerate(plan):
             record = TextChunk(i, piece.text, len(tokens), start=(out + hold) / sr)
             stream.chunks.append(record)
-            for audio in self._frames(tokens, sample, max_seconds, stream, s, decode, states, record, start):
+            for audio in self._frames(tokens, sample, max_seconds, stream, s, decode, states, record, start,
+                                     ended):
                 if hold:
                     audio = np.concatenate([(np.arange(hold, dtype=np.float32) / hold) * audio[0], audio])
                     stats.audio_seconds += hold / sr
@@ -381,68 +362,35 @@ class Voice:
 
     def _frames(self, tokens: list[int], sample: Sampler, max_seconds: float, stream: Stream,
                 s: dict[str, Session], decode: FrameDecoder, states: dict[str, State], record: TextChunk,
-                start: float) -> Iterator[np.ndarray]:
-        """One chunk: prefill its prompt, then frame after frame until end of speech or its frame limit, through
-        this stream's watched sessions `s`."""
+                start: float, ended: dict[str, float]) -> Iterator[np.ndarray]:
+        """One chunk: the loop shape's frames (`self.frames.run`, through this stream's watched sessions `s`)
+        until end of speech or the chunk's frame limit, decoded `frames_per_call` at a time."""
         m, stats = self.model, stream.stats
-        k, cap, fpc = m["num_codebooks"], m["kv_capacity"], m["frames_per_call"]
+        fpc = m["frames_per_call"]
         wanted = int(max_seconds * m["frame_rate"])
-        max_frames = min(wanted, cap - len(tokens))
-
-        padded = np.full((1, m["prompt_capacity"]), m["text_pad_token"], dtype=np.int64)  # this chunk's own
-        padded[0, : len(tokens)] = tokens
-        depth = states["depth_step"]
-        out = s["lm_prefill"].run({"tokens": padded, "length": np.array([len(tokens)], np.int64)})
-        if "lm_step" in states:  # a later chunk: the same state, restarted from this prefill's cache
-            kv = states["lm_step"]
-            kv.reset({"kv": out["kv"]})
-        else:
-            kv = states["lm_step"] = self._pools["lm_step"].take({"kv": out["kv"]})  # the cache lm_prefill filled
-        prefilled = time.perf_counter()
-        eos = m["end_of_speech"]["eos_token"]
-        eos_span = k - 1 if m["end_of_speech"]["eos_rule"] == "all_but_last_codebook" else k
-        pending: list[list[int]] = []
-        record.stopped_by = "kv_capacity" if max_frames < wanted else "max_seconds"
-
-        for frame in range(max_frames):
-            hidden = out["hidden"]
-            codes = [sample(out["logits"])]
-            # Each frame's depth positions start again at 0; slots past a position are masked, so the depth
-            # cache needs no clearing between frames.
-            for p in range(k):
-                d = s["depth_step"].run({
-                    "hidden": hidden, "code": np.array([codes[-1]], np.int64),
-                    "position": np.array([p], np.int64), **depth.feeds(),
-                })
-                depth.update(d)
-                if p > 0:
-                    codes.append(sample(d["logits"]))
-            stream.codes.append(codes)
-            if all(c == eos for c in codes[:eos_span]):
-                # As transformers' CSM: the stopping frame is audio unless *all* its codes are eos.
-                if any(c != eos for c in codes):
-                    stats.frames += 1
-                    record.frames += 1
-                    pending.append(codes)
-                record.stopped_by = "eos"
+        max_frames = self.frames.max_frames(tokens, wanted)
+        frames = self.frames.run(tokens, sample, max_frames, s, states, stream.codes)
+        prefilled: float | None = None
+        pending: list = []
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration as end:
+                record.stopped_by = end.value or ("kv_capacity" if max_frames < wanted else "max_seconds")
                 break
+            if prefilled is None:
+                prefilled = ended.get("prefill", start)
             stats.frames += 1
             record.frames += 1
-            pending.append(codes)
+            pending.append(frame)
             if len(pending) == fpc:
                 chunk = decode(pending)
                 pending = []
                 self._account(stats, chunk, start, prefilled)
                 yield chunk
-            if frame + 1 < max_frames:
-                out = s["lm_step"].run({
-                    "codes": np.array([codes], np.int64), "position": np.array([len(tokens) + frame], np.int64),
-                    **kv.feeds(),
-                })
-                kv.update(out)
         if pending:  # with frames_per_call > 1, a chunk's last short group is decoded zero-padded
             chunk = decode(pending)
-            self._account(stats, chunk, start, prefilled)
+            self._account(stats, chunk, start, prefilled or start)
             yield chunk
 
     def _account(self, stats: Stats, chunk: np.ndarray, start: float, prefilled: float) -> None:

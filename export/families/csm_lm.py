@@ -319,6 +319,7 @@ def lm_manifest(model: CsmForConditionalGeneration, prompt_capacity: int, kv_cap
     """What a runtime loop needs to drive the LM graphs (the manifest's model section, LM part)."""
     cfg = model.config
     return {
+        "loop": "depth",  # edge.runtime.frames.depth: backbone step, then the depth transformer per codebook
         "num_codebooks": cfg.num_codebooks,
         "audio_vocab_size": cfg.vocab_size,
         "codebook_eos_token_id": cfg.codebook_eos_token_id,
