@@ -161,6 +161,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
     for name, g in manifest["graphs"].items():
         _check_writes(mpath, name, g)
+    carried = {b for g in manifest["graphs"].values() for b in g["files"]}
+    for name, g in manifest["graphs"].items():
+        if set(g["files"]) != carried:  # a backend runs every graph of a bundle or none
+            raise EdgeError(f"{mpath}: graph {name} has files for {', '.join(sorted(g['files'])) or 'no backend'} but "
+                            f"the bundle has {', '.join(sorted(carried))}; the manifest was edited or is corrupt, "
+                            "re-export the bundle")
     listed = manifest["files"]
     named = [f for g in manifest["graphs"].values() for files in g["files"].values() for f in files]
     if "file" in manifest["tokenizer"]:

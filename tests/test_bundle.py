@@ -97,6 +97,14 @@ def test_written_state_must_point_at_an_int64_output(bundle, write):
         load_bundle(bundle)
 
 
+def test_every_graph_carries_the_same_backends(bundle):
+    def edit(m):
+        m["graphs"]["h"] = {**m["graphs"]["g"], "files": {}}  # a graph the onnx backend could not open
+    _edit_manifest(bundle, edit)
+    with pytest.raises(EdgeError, match="graph h has files for no backend but the bundle has onnx"):
+        load_bundle(bundle)
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     out = tmp_path / "half"
     with pytest.raises(RuntimeError), BundleWriter(out) as w:
