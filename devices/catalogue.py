@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 
 from edge.errors import EdgeError
+from edge.runtime.qnn import SOCS
 
 _SOURCE = {
     "type": "object",
@@ -50,10 +51,18 @@ _NPU = {"oneOf": [{"type": "null"}, {
     "type": "object", "required": ["name", "tops", "reached_through"],
     "properties": {"name": {"type": "string"}, "tops": {"type": ["number", "null"]},
                    "reached_through": {"type": "array", "items": {"type": "string"}}}}]}
+# How edge reaches a device's NPU: the Snapdragon HTP through `qnn` (the SoC its context is compiled for), the
+# Apple Neural Engine through `coreml` (the chip), or null where edge has no path to it.
+_NPU_PATH = {"oneOf": [{"type": "null"}, {
+    "type": "object", "required": ["backend", "soc"], "additionalProperties": False,
+    "properties": {"backend": {"const": "qnn"}, "soc": {"enum": list(SOCS)}}}, {
+    "type": "object", "required": ["backend", "chip"], "additionalProperties": False,
+    "properties": {"backend": {"const": "coreml"}, "chip": {"type": "string", "minLength": 1}}}]}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 SCHEMA = {
     "type": "object",
-    "required": ["name", "title", "kind", "cpu", "memory_bandwidth_gbs", "ram_gb", "npu", "backends"],
+    "required": ["name", "title", "kind", "cpu", "memory_bandwidth_gbs", "ram_gb", "npu", "npu_path",
+                 "backends"],
     "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
         "title": {"type": "string"},
@@ -62,6 +71,7 @@ SCHEMA = {
         "memory_bandwidth_gbs": {"allOf": [_FACT, {"properties": {"value": _POSITIVE}}]},
         "ram_gb": {"allOf": [_FACT, {"properties": {"value": _POSITIVE}}]},
         "npu": {"allOf": [_FACT, {"properties": {"value": _NPU}}]},
+        "npu_path": {"allOf": [_FACT, {"properties": {"value": _NPU_PATH}}]},
         "backends": {"allOf": [_FACT, {"properties": {"value": {"type": "array", "items": {"type": "string"}}}}]},
     },
 }
@@ -78,6 +88,7 @@ class Device:
     ram_gb: float
     cores: tuple[dict, ...]
     npu: dict | None
+    npu_path: dict | None  # {"backend": "qnn", "soc": ...} | {"backend": "coreml", "chip": ...} | None
     backends: tuple[str, ...]
     facts: dict[str, Any]  # the data file as written, sources included
 
@@ -96,8 +107,31 @@ class Device:
             "memory_bandwidth_gbs": self.bandwidth_gbs, "ram_gb": self.ram_gb, "cores": self.core_count,
             "peak_fp32_gflops": round(self.peak_gflops, 1),
             "peak_fp32_gflops_derived": "sum over cores of count x GHz x FP32 FLOPs per cycle",
-            "npu": self.npu, "backends": list(self.backends), "facts": self.facts,
+            "npu": self.npu, "npu_path": self.npu_path, "backends": list(self.backends),
+            "build": self.build(), "facts": self.facts,
         }
+
+    def build(self, preset: str = "edge-voice") -> dict[str, Any]:
+        """Which bundle to build for this device, as the commands that build and run it."""
+        text = '"Hello."'
+        path = self.npu_path
+        if path is None:
+            return {"backend": "onnx", "why": "no NPU path: int8 matmuls on the CPU, the codec at fp16", "commands": [
+                f"edge export {preset} --backend onnx --recipe lm=int8,depth=int8,codec=fp16 --out {preset}-cpu",
+                f"edge speak {text} -b {preset}-cpu --backend onnx"]}
+        if path["backend"] == "qnn":
+            soc = path["soc"]
+            return {"backend": "qnn", "why": f"the Hexagon NPU ({soc}): npu-a16w8 QDQ graphs with their QNN context "
+                                              f"precompiled for {soc}, so the phone loads without compiling",
+                    "commands": [
+                        f"edge export {preset} --backend onnx --out {preset}-fp32",
+                        f"edge quantize {preset}-fp32 --recipe npu-a16w8 --backend onnx --qnn-soc {soc} "
+                        f"--out {preset}-{soc.lower()}",
+                        f"EDGE_QNN_SOC={soc} edge speak {text} -b {preset}-{soc.lower()} --backend qnn"]}
+        return {"backend": "coreml", "why": f"the Apple Neural Engine ({path['chip']}): .pte files lowered with "
+                                            "ExecuTorch's Core ML delegate (iOS 17 / macOS 14 or newer)",
+                "commands": [f"edge export {preset} --backend coreml --out {preset}-ane",
+                             f"edge speak {text} -b {preset}-ane --backend coreml"]}
 
 
 def _parse(data: dict, origin: str) -> Device:
@@ -110,7 +144,7 @@ def _parse(data: dict, origin: str) -> Device:
         raise EdgeError(f"device file {origin} names itself '{data['name']}'; the file must be {data['name']}.json")
     return Device(data["name"], data["title"], data["kind"], float(data["memory_bandwidth_gbs"]["value"]),
                   float(data["ram_gb"]["value"]), tuple(data["cpu"]["value"]), data["npu"]["value"],
-                  tuple(data["backends"]["value"]), data)
+                  data["npu_path"]["value"], tuple(data["backends"]["value"]), data)
 
 
 @cache

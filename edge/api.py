@@ -348,10 +348,13 @@ def batch(
     return result
 
 
-def devices() -> list[dict[str, Any]]:
-    """The device catalogue (what `edge devices --json` prints): each device's facts with their sources."""
-    from edge.devices.catalogue import load_catalogue
+def devices(name: str | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+    """The device catalogue (what `edge devices --json` prints): each device's facts with their sources, its NPU
+    path and the bundle to build for it (`build`); with `name`, that one device (`edge devices NAME --json`)."""
+    from edge.devices.catalogue import get_device, load_catalogue
 
+    if name is not None:
+        return get_device(name).summary()
     return [d.summary() for d in load_catalogue().values()]
 
 

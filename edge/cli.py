@@ -383,35 +383,43 @@ def _decoded(text: str | bytes) -> str:
 
 @app.command()
 def devices(
-    name: Annotated[str | None, typer.Argument(help="Show one device's facts with their sources.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Show one device's facts with their sources, and which bundle "
+                                                    "to build for it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the catalogue (facts and sources) as JSON.")] = False,
 ) -> None:
     """List the device catalogue: the facts that bound speed (memory bandwidth, cores, RAM, NPU, backends).
 
     Every fact carries its public source; derived figures (peak GFLOP/s = cores x clock x FLOPs per
-    cycle, bandwidth = transfer rate x bus width) say how they were derived. `edge profile --device NAME`
-    projects a bundle onto one of them.
+    cycle, bandwidth = transfer rate x bus width) say how they were derived. `edge devices NAME` also says
+    which bundle to build for that device (its NPU path: qnn with the SoC, coreml with the chip, or the CPU).
+    `edge profile --device NAME` projects a bundle onto one of them.
     """
     from edge.api import devices as api_devices
-    from edge.devices.catalogue import get_device
 
     if name is not None:
-        device = get_device(name).summary()
+        device = api_devices(name)
         if as_json:
             _print_json(device)
-        else:
-            Console().print_json(json.dumps(device["facts"]))
+            return
+        console = Console()
+        console.print_json(json.dumps(device["facts"]))
+        build = device["build"]
+        console.print(f"[bold]Build for {device['name']}[/] (backend {build['backend']}): {build['why']}")
+        for command in build["commands"]:
+            console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
         return
     catalogue = api_devices()
     if as_json:
         _print_json(catalogue)
         return
-    table = Table("device", "DRAM\nGB/s", "cores", "FP32 GFLOP/s\n(derived)", "RAM\nGB", "NPU\nTOPS",
-                  title="Device catalogue (facts and sources: edge devices NAME)")
+    table = Table("device", "DRAM\nGB/s", "cores", "FP32 GFLOP/s\n(derived)", "RAM\nGB", "NPU\nTOPS", "NPU path",
+                  title="Device catalogue (facts, sources and what to build: edge devices NAME)")
     for d in catalogue:
         npu = "-" if d["npu"] is None else str(d["npu"]["tops"] or "n/a")
+        path = d["npu_path"]
+        route = "-" if path is None else f"{path['backend']} {path.get('soc') or path.get('chip')}"
         table.add_row(d["name"], f"{d['memory_bandwidth_gbs']:g}", str(d["cores"]), f"{d['peak_fp32_gflops']:.0f}",
-                      f"{d['ram_gb']:g}", npu)
+                      f"{d['ram_gb']:g}", npu, route)
     Console().print(table)
 
 

@@ -203,7 +203,7 @@ def test_devices_cli_lists_catalogue_with_sources():
     names = {d["name"] for d in devices}
     assert names == set(load_catalogue()) and len(names) == 7
     for d in devices:
-        for fact in ("cpu", "memory_bandwidth_gbs", "ram_gb", "npu", "backends"):
+        for fact in ("cpu", "memory_bandwidth_gbs", "ram_gb", "npu", "npu_path", "backends"):
             f = d["facts"][fact]
             sources = f.get("source", [])
             sources = sources if isinstance(sources, list) else [sources]
@@ -216,11 +216,45 @@ def test_devices_cli_lists_catalogue_with_sources():
     assert one.returncode == 2 and b"unknown device 'nope'" in one.stderr
 
 
+def test_devices_name_says_which_bundle_to_build():
+    """Each device's NPU path picks the bundle: qnn with its SoC's precompiled context, coreml for the Neural
+    Engine, the CPU's int8 onnx bundle where edge has no NPU path; every advised command parses as the CLI's."""
+    import shlex
+
+    import click
+    import typer
+
+    from edge.cli import app
+
+    cli = typer.main.get_command(app)
+    expected = {"android-flagship-sd8g3": ("qnn", "--qnn-soc SM8650"), "android-mid-sd7g3": ("qnn", "--qnn-soc SM7550"),
+                "iphone-15-pro": ("coreml", "--backend coreml"), "macbook-air-m3": ("coreml", "--backend coreml"),
+                "raspberry-pi-5": ("onnx", "--recipe lm=int8"), "npu-laptop-258v": ("onnx", "--recipe lm=int8"),
+                "x86-laptop-i7-1255u": ("onnx", "--recipe lm=int8")}
+    for name, (backend, flag) in expected.items():
+        r = edge_cli("devices", name, "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        build = json.loads(r.stdout)["build"]
+        assert build["backend"] == backend and any(flag in c for c in build["commands"]), (name, build)
+        assert build["commands"][-1].endswith(f"--backend {backend}")
+        for command in build["commands"]:
+            words = [w for w in shlex.split(command) if not w.startswith("EDGE_QNN_SOC=")]
+            assert words[0] == "edge"
+            sub = cli.get_command(click.Context(cli), words[1])
+            sub.make_context(words[1], words[2:])  # raises on an unknown option or a missing argument
+    text = edge_cli("devices", "android-flagship-sd8g3")
+    assert text.returncode == 0 and b"--qnn-soc SM8650 --out edge-voice-sm8650" in text.stdout
+
+
 def test_catalogue_refuses_a_fact_without_source():
     import jsonschema
 
     data = json.loads(json.dumps(get_device("raspberry-pi-5").facts))
     del data["ram_gb"]["source"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, SCHEMA)
+    data = json.loads(json.dumps(get_device("android-flagship-sd8g3").facts))
+    data["npu_path"]["value"]["soc"] = "SM0000"  # an SoC QNN has no context target for
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, SCHEMA)
 
